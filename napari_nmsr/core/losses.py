@@ -1,0 +1,57 @@
+"""The paper's registration loss: negative local NCC plus lambda * gradient L2.
+
+Local statistics use separable box means (float32, edge windows shrink to the
+valid part of the image). Variances are floored at ``eps`` so flat regions (the
+black outside of an echo sector) give 0 correlation, never NaN (MONAI #1868).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "masked_mean"]
+
+VARIANCE_FLOOR = 1e-5
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over the (2r+1)^2 window around each pixel of (N, C, H, W), separably."""
+    k = 2 * radius + 1
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+
+
+def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VARIANCE_FLOOR) -> torch.Tensor:
+    """Squared local correlation coefficient (paper eq. 3), (N, 1, H, W) in [0, 1].
+
+    Computed in float32 whatever the input dtype (never under autocast).
+    """
+    a = a.float()
+    b = b.float()
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        ma, mb = box_mean(a, radius), box_mean(b, radius)
+        cross = box_mean(a * b, radius) - ma * mb
+        va = (box_mean(a * a, radius) - ma * ma).clamp_min(eps)
+        vb = (box_mean(b * b, radius) - mb * mb).clamp_min(eps)
+        return (cross * cross / (va * vb)).clamp(0.0, 1.0)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x over mask (float weights broadcastable to x), or plain mean."""
+    if mask is None:
+        return x.mean()
+    w = mask.to(x.dtype).expand_as(x)
+    return (x * w).sum() / w.sum().clamp_min(1.0)
+
+
+def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor, radius: int = 6, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative mean local squared NCC between warped moving and fixed images."""
+    return -masked_mean(local_cc_map(warped, fixed, radius), mask)
+
+
+def smoothness_loss(field: torch.Tensor) -> torch.Tensor:
+    """``mean |d/dx F|^2 + mean |d/dy F|^2`` of a field (N, 2, H, W), forward differences."""
+    dy = field[:, :, 1:, :] - field[:, :, :-1, :]
+    dx = field[:, :, :, 1:] - field[:, :, :, :-1]
+    return (dy * dy).mean() + (dx * dx).mean()

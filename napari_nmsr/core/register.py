@@ -1,0 +1,403 @@
+"""NMSR: per-sequence, coarse-to-fine self-supervised registration.
+
+At each scale s (coarse to fine) every frame t is warped by the composed field
+of the previous scales, both it and frame t+1 are resized to scale s, and a
+U-Net N(moving, fixed) is optimised with Adam on ALL frame pairs of this one
+sequence to minimise ``-localNCC(warp(moving, N), fixed) + lambda * |grad N|^2``
+(paper eqs. 1-3). Its field, brought to full resolution, is composed with the
+previous one (``convention.compose``; paper eq. 4 in the order the procedure
+implies). Every scale's composed full-resolution field is kept.
+
+Variants (``RegistrationConfig.variant``):
+
+``nmsr``      one scale (the finest in ``scales``), one network;
+``nmsr_ms``   multi-scale, a fresh network per scale;
+``nmsr_vi``   multi-scale, each scale starts from the previous scale's weights;
+``nmsr_v``    multi-scale, each scale starts from weights trained on other
+              sequences (``napari_nmsr.core.train``; ``config.weights``).
+
+The generator :func:`register_iter` yields :class:`Progress` at every
+optimisation step (a point where a GUI worker may stop it) and
+:class:`ScaleDone` when a scale is finished; :func:`register` drives it with
+a progress callback and a cancel request and returns a
+:class:`~napari_nmsr.core.result.RegistrationResult`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .convention import compose, resize_field, resize_image, warp
+from .device import describe_device, is_out_of_memory, pick_device
+from .errors import DeviceMemoryError, MaskError, SequenceError
+from .losses import ncc_loss, smoothness_loss
+from .metrics import sequence_metrics
+from .result import RegistrationResult
+from .unet import UNet
+
+__all__ = [
+    "VARIANTS",
+    "PRESETS",
+    "RegistrationConfig",
+    "Progress",
+    "ScaleDone",
+    "register",
+    "register_iter",
+    "validate_frames",
+    "validate_mask",
+]
+
+VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
+
+#: Named step budgets. ``cpu``: tuned on the benchmark to be fast on a laptop;
+#: ``paper``: the paper's 3500 steps per scale (a GPU job).
+PRESETS = {
+    "cpu": {"steps": (150, 120, 100, 80)},
+    "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0},
+}
+
+# Smallest side of a coarse scale; below this the U-Net has nothing to see.
+MIN_SCALE_SIZE = 12
+
+
+@dataclass
+class RegistrationConfig:
+    """Every knob of a run; stored in the result file.
+
+    ``steps`` is one number for all scales or one per scale. ``patience`` > 0
+    enables early stopping: a scale stops when its smoothed loss has not
+    improved by ``min_delta`` (relative) for ``patience`` steps.
+    ``batch_size`` None = all pairs at once when they fit (halved
+    automatically on out-of-memory).
+    """
+
+    variant: str = "nmsr_vi"
+    scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    steps: int | tuple[int, ...] = PRESETS["cpu"]["steps"]
+    lr: float = 1e-3
+    smoothness: float = 10.0
+    ncc_radius: int = 6
+    batch_size: int | None = None
+    device: str = "auto"
+    amp: bool | None = None
+    seed: int | None = 0
+    patience: int = 30
+    min_delta: float = 1e-3
+    weights: str | None = None
+    encoder: tuple[int, ...] = (16, 32, 32, 32)
+    decoder: tuple[int, ...] = (32, 32, 32, 16)
+
+    def __post_init__(self):
+        self.variant = self.variant.lower()
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        scales = tuple(float(s) for s in self.scales)
+        if not scales or any(not (0 < s <= 1) for s in scales) or list(scales) != sorted(scales):
+            raise ValueError(f"scales must be increasing values in (0, 1], got {self.scales}")
+        self.scales = scales
+        if self.variant == "nmsr_v" and not self.weights:
+            raise ValueError("variant nmsr_v needs a weights file (see `nmsr train`)")
+        if isinstance(self.steps, (list, tuple)):
+            self.steps = tuple(int(s) for s in self.steps)
+        else:
+            self.steps = int(self.steps)
+        self.encoder = tuple(self.encoder)
+        self.decoder = tuple(self.decoder)
+
+    @property
+    def effective_scales(self) -> tuple[float, ...]:
+        return self.scales[-1:] if self.variant == "nmsr" else self.scales
+
+    def steps_for(self, index: int) -> int:
+        """Optimisation steps for scale ``index`` of ``effective_scales``."""
+        if isinstance(self.steps, int):
+            return self.steps
+        if self.variant == "nmsr":
+            return self.steps[-1]
+        return self.steps[min(index, len(self.steps) - 1)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Progress:
+    """One optimisation step: scale ``scale_index`` (0-based) of ``n_scales``."""
+
+    scale_index: int
+    n_scales: int
+    scale: float
+    step: int
+    n_steps: int
+    loss: float
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress in [0, 1] (scales weighted equally)."""
+        return (self.scale_index + self.step / max(self.n_steps, 1)) / self.n_scales
+
+
+@dataclass
+class ScaleDone:
+    """A finished scale: its composed full-resolution field and metrics."""
+
+    scale_index: int
+    n_scales: int
+    scale: float
+    field: np.ndarray  # (T-1, 2, H, W) float32, pixels, project convention
+    mse: np.ndarray  # (T-1,)
+    mean_cc: np.ndarray  # (T-1,)
+    steps_run: int
+    seconds: float
+    final_loss: float
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def validate_frames(frames) -> np.ndarray:
+    """Check a sequence at the public boundary; returns float32 (T, H, W)."""
+    arr = np.asarray(frames)
+    if arr.ndim != 3:
+        raise SequenceError(f"expected a sequence of 2-D frames (T, H, W); got an array of shape {arr.shape}")
+    t, h, w = arr.shape
+    if t < 2:
+        raise SequenceError("registration needs at least two frames; this sequence has " f"{t}")
+    if h < 16 or w < 16:
+        raise SequenceError(f"frames of {h}x{w} pixels are too small to register (need at least 16x16)")
+    arr = arr.astype(np.float32, copy=False)
+    bad = ~np.isfinite(arr).reshape(t, -1).all(axis=1)
+    if bad.any():
+        raise SequenceError(f"frame {int(np.argmax(bad))} contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise SequenceError(f"pixel values must be in [0, 1] (got {lo:.3g}..{hi:.3g}); load files with load_sequence")
+    if hi - lo < 1e-6:
+        raise SequenceError("every frame is blank (constant); there is nothing to track")
+    return arr
+
+
+def validate_mask(mask, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """(T, H, W) or (H, W) booleans -> (T, H, W) bool, or None."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    t, h, w = shape
+    if m.shape == (h, w):
+        m = np.broadcast_to(m, shape)
+    if m.shape != shape:
+        raise MaskError(f"mask shape {m.shape} does not match the sequence {shape} (expected (T, H, W) or (H, W))")
+    m = m.astype(bool)
+    empty = ~m.reshape(t, -1).any(axis=1)
+    if empty.all():
+        raise MaskError("the mask is empty: draw the region to track (e.g. the LV blood pool) first")
+    if empty[1:].any():
+        raise MaskError(f"the mask is empty on frame {int(np.argmax(empty[1:])) + 1}: every frame needs a region")
+    return m
+
+
+def register(
+    frames,
+    mask=None,
+    config: RegistrationConfig | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    on_scale: Callable[[ScaleDone], None] | None = None,
+    frame_interval_s: float | None = None,
+    pixel_spacing_mm: tuple[float, float] | None = None,
+) -> RegistrationResult:
+    """Register a whole sequence; returns every finished scale's field.
+
+    ``cancel()`` is polled at every optimisation step; when it returns True
+    the run stops and the result holds the scales finished so far
+    (``result.cancelled`` is True).
+    """
+    config = config or RegistrationConfig()
+    frames = validate_frames(frames)
+    done: list[ScaleDone] = []
+    cancelled = False
+    device = pick_device(config.device)
+    try:
+        for event in register_iter(frames, mask, config, cancel=cancel):
+            if isinstance(event, Progress):
+                if progress is not None:
+                    progress(event)
+            else:
+                done.append(event)
+                if on_scale is not None:
+                    on_scale(event)
+    except _Cancelled:
+        cancelled = True
+    return RegistrationResult.from_scales(
+        done,
+        config=config.to_dict(),
+        cancelled=cancelled,
+        frame_interval_s=frame_interval_s,
+        pixel_spacing_mm=pixel_spacing_mm,
+        device=describe_device(device),
+    )
+
+
+def register_iter(
+    frames,
+    mask=None,
+    config: RegistrationConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[Progress | ScaleDone]:
+    """The engine as a generator; see the module docstring.
+
+    Closing the generator (``.close()``, or a napari worker's ``quit()``)
+    stops the run at the current step. If ``cancel`` is given and returns True
+    an internal cancellation is raised, which :func:`register` turns into a
+    partial result.
+    """
+    config = config or RegistrationConfig()
+    frames = validate_frames(frames)
+    mask = validate_mask(mask, frames.shape)
+    device = pick_device(config.device)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    init_states = _load_weights(config) if config.variant == "nmsr_v" else None
+
+    t, h, w = frames.shape
+    n_pairs = t - 1
+    frames_t = torch.from_numpy(frames).to(device)[:, None]
+    moving_full, fixed_full = frames_t[:-1], frames_t[1:]
+    mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[1:])).to(device)[:, None].float()
+
+    scales = config.effective_scales
+    field_full = torch.zeros((n_pairs, 2, h, w), device=device)
+    net: UNet | None = None
+    batch = config.batch_size or n_pairs
+    for k, s in enumerate(scales):
+        started = time.perf_counter()
+        size = (max(MIN_SCALE_SIZE, round(h * s)), max(MIN_SCALE_SIZE, round(w * s)))
+        size = (min(size[0], h), min(size[1], w))
+        with torch.no_grad():
+            moving = resize_image(_chunked(lambda a, b: warp(a, b), moving_full, field_full), size)
+            fixed = resize_image(fixed_full, size)
+            m = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()
+        net = _network_for_scale(k, s, net, config, init_states).to(device)
+        optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+        n_steps = config.steps_for(k)
+        monitor = _Convergence(config.patience, config.min_delta)
+        loss_value = float("nan")
+        step = 0
+        for step in range(1, n_steps + 1):
+            if cancel is not None and cancel():
+                raise _Cancelled()
+            idx = _batch_indices(n_pairs, batch, step)
+            try:
+                loss = _step(net, optimiser, moving, fixed, m, idx, config, use_amp, device)
+            except Exception as exc:  # out-of-memory: halve the batch and go on
+                if not is_out_of_memory(exc):
+                    raise
+                _free(device)
+                if batch == 1:
+                    raise DeviceMemoryError(
+                        f"the {describe_device(device)} ran out of memory even with one frame pair at "
+                        f"{size[0]}x{size[1]} px; use a smaller image, the CPU, or fewer scales"
+                    ) from exc
+                batch = max(1, batch // 2)
+                continue
+            loss_value = float(loss)
+            yield Progress(k, len(scales), s, step, n_steps, loss_value)
+            if monitor.update(loss_value):
+                break
+        with torch.no_grad():
+            net.eval()
+            residual = _chunked(lambda a, b: net(a, b).float(), moving, fixed, chunk=max(1, batch))
+            net.train()
+            field_full = compose(field_full, resize_field(residual, (h, w)))
+            del residual
+        field_np = field_full.cpu().numpy()
+        mse, cc = sequence_metrics(frames, field_np, mask)
+        yield ScaleDone(k, len(scales), s, field_np, mse, cc, step, time.perf_counter() - started, loss_value)
+
+
+def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device) -> torch.Tensor:
+    mv, fx = moving[idx], fixed[idx]
+    mk = None if mask is None else mask[idx]
+    optimiser.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device.type, enabled=use_amp):
+        field = net(mv, fx)
+    field = field.float()  # NCC sums and warping stay in float32
+    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + config.smoothness * smoothness_loss(field)
+    if not torch.isfinite(loss):
+        raise SequenceError("the optimisation diverged (loss is not finite); check the frames for corrupt values")
+    loss.backward()
+    optimiser.step()
+    return loss.detach()
+
+
+def _network_for_scale(k, scale, previous, config, init_states):
+    if config.variant == "nmsr_vi" and previous is not None:
+        return previous  # keep optimising the same weights at the finer scale
+    net = UNet(config.encoder, config.decoder)
+    if init_states is not None:
+        net.load_state_dict(_nearest_state(init_states, scale))
+    return net
+
+
+def _nearest_state(states: dict, scale: float):
+    scales = list(states["scales"])
+    i = int(np.argmin([abs(math.log(s / scale)) for s in scales]))
+    return states["state_dicts"][i]
+
+
+def _load_weights(config) -> dict:
+    from .train import load_weights
+
+    states = load_weights(config.weights)
+    arch = states.get("architecture", {})
+    if arch and (tuple(arch.get("encoder", config.encoder)) != config.encoder or tuple(arch.get("decoder", config.decoder)) != config.decoder):
+        config.encoder = tuple(arch["encoder"])
+        config.decoder = tuple(arch["decoder"])
+    return states
+
+
+def _batch_indices(n: int, batch: int, step: int) -> torch.Tensor | slice:
+    if batch >= n:
+        return slice(None)
+    g = torch.Generator().manual_seed(step)
+    return torch.randperm(n, generator=g)[:batch]
+
+
+def _chunked(fn, a, b, chunk: int = 32):
+    return torch.cat([fn(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.shape[0], chunk)])
+
+
+def _free(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _Convergence:
+    """Stops when the smoothed loss has not improved by ``min_delta`` for ``patience`` steps."""
+
+    def __init__(self, patience: int, min_delta: float, smoothing: float = 0.9):
+        self.patience, self.min_delta, self.smoothing = patience, min_delta, smoothing
+        self.ema = None
+        self.best = math.inf
+        self.since = 0
+
+    def update(self, value: float) -> bool:
+        if self.patience <= 0:
+            return False
+        self.ema = value if self.ema is None else self.smoothing * self.ema + (1 - self.smoothing) * value
+        if self.ema < self.best - self.min_delta * abs(self.best if math.isfinite(self.best) else self.ema):
+            self.best = self.ema
+            self.since = 0
+        else:
+            self.since += 1
+        return self.since >= self.patience
