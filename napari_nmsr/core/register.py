@@ -266,7 +266,6 @@ def register_iter(
     device = pick_device(config.device)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    use_amp = config.amp if config.amp is not None else device.type == "cuda"
     init_states = _load_weights(config) if config.variant == "nmsr_v" else None
 
     t, h, w = frames.shape
@@ -278,51 +277,92 @@ def register_iter(
     scales = config.effective_scales
     field_full = torch.zeros((n_pairs, 2, h, w), device=device)
     net: UNet | None = None
-    batch = config.batch_size or n_pairs
+    state = {"batch": config.batch_size or n_pairs}
     for k, s in enumerate(scales):
         started = time.perf_counter()
-        size = (max(MIN_SCALE_SIZE, round(h * s)), max(MIN_SCALE_SIZE, round(w * s)))
-        size = (min(size[0], h), min(size[1], w))
-        with torch.no_grad():
-            moving = resize_image(_chunked(lambda a, b: warp(a, b), moving_full, field_full), size)
-            fixed = resize_image(fixed_full, size)
-            m = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()
+        data = ScaleData.prepare(moving_full, fixed_full, mask_full, field_full, s)
         net = _network_for_scale(k, s, net, config, init_states).to(device)
-        optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
         n_steps = config.steps_for(k)
-        monitor = _Convergence(config.patience, config.min_delta)
-        loss_value = float("nan")
-        step = 0
-        for step in range(1, n_steps + 1):
-            if cancel is not None and cancel():
-                raise _Cancelled()
-            idx = _batch_indices(n_pairs, batch, step)
-            try:
-                loss = _step(net, optimiser, moving, fixed, m, idx, config, use_amp, device)
-            except Exception as exc:  # out-of-memory: halve the batch and go on
-                if not is_out_of_memory(exc):
-                    raise
-                _free(device)
-                if batch == 1:
-                    raise DeviceMemoryError(
-                        f"the {describe_device(device)} ran out of memory even with one frame pair at "
-                        f"{size[0]}x{size[1]} px; use a smaller image, the CPU, or fewer scales"
-                    ) from exc
-                batch = max(1, batch // 2)
-                continue
-            loss_value = float(loss)
+        loss_value, step = float("nan"), 0
+        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
             yield Progress(k, len(scales), s, step, n_steps, loss_value)
-            if monitor.update(loss_value):
-                break
-        with torch.no_grad():
-            net.eval()
-            residual = _chunked(lambda a, b: net(a, b).float(), moving, fixed, chunk=max(1, batch))
-            net.train()
-            field_full = compose(field_full, resize_field(residual, (h, w)))
-            del residual
+        field_full = compose(field_full, data.residual_full(net, state["batch"]))
         field_np = field_full.cpu().numpy()
         mse, cc = sequence_metrics(frames, field_np, mask)
         yield ScaleDone(k, len(scales), s, field_np, mse, cc, step, time.perf_counter() - started, loss_value)
+
+
+def scale_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Grid size of a scale (never below MIN_SCALE_SIZE, never above full size)."""
+    h, w = shape
+    return (min(h, max(MIN_SCALE_SIZE, round(h * scale))), min(w, max(MIN_SCALE_SIZE, round(w * scale))))
+
+
+@dataclass
+class ScaleData:
+    """One sequence's pairs at one scale: moving (already warped by the coarser
+    scales' composed field, paper eq. 1), fixed and mask, each (T-1, 1, h, w)."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    mask: torch.Tensor | None
+    full_size: tuple[int, int]
+
+    @classmethod
+    @torch.no_grad()
+    def prepare(cls, moving_full, fixed_full, mask_full, field_full, scale: float) -> "ScaleData":
+        size = scale_size(tuple(moving_full.shape[-2:]), scale)
+        moving = resize_image(_chunked(warp, moving_full, field_full), size)
+        fixed = resize_image(fixed_full, size)
+        mask = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()
+        return cls(moving, fixed, mask, tuple(moving_full.shape[-2:]))
+
+    @torch.no_grad()
+    def residual_full(self, net, batch: int) -> torch.Tensor:
+        """The network's field for every pair, resized to full resolution."""
+        net.eval()
+        try:
+            residual = _chunked(lambda a, b: net(a, b).float(), self.moving, self.fixed, chunk=max(1, batch))
+        finally:
+            net.train()
+        return resize_field(residual, self.full_size)
+
+
+def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
+    """Adam on the pairs of ``datas`` (one or more sequences, visited in turn).
+
+    Yields (step, loss). Halves ``state["batch"]`` on out-of-memory; raises
+    DeviceMemoryError when even one pair does not fit.
+    """
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta)
+    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    step = 0
+    while step < n_steps:
+        if cancel is not None and cancel():
+            raise _Cancelled()
+        data = datas[step % len(datas)]
+        n = data.moving.shape[0]
+        idx = _batch_indices(n, state["batch"], step + 1)
+        try:
+            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device)
+        except Exception as exc:  # out-of-memory: halve the batch and go on
+            if not is_out_of_memory(exc):
+                raise
+            _free(device)
+            if state["batch"] == 1:
+                size = tuple(data.moving.shape[-2:])
+                raise DeviceMemoryError(
+                    f"the {describe_device(device)} ran out of memory even with one frame pair at "
+                    f"{size[0]}x{size[1]} px; use a smaller image, the CPU, or fewer scales"
+                ) from exc
+            state["batch"] = max(1, min(state["batch"], n) // 2)
+            continue
+        step += 1
+        value = float(loss)
+        yield step, value
+        if monitor.update(value):
+            return
 
 
 def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device) -> torch.Tensor:
