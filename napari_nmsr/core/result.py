@@ -71,8 +71,8 @@ class RegistrationResult:
             fields=fields,
             scales=tuple(float(d.scale) for d in done),
             metrics={
-                "mse": np.array([d.mse for d in done]).reshape(len(done), -1),
-                "mean_cc": np.array([d.mean_cc for d in done]).reshape(len(done), -1),
+                "mse": np.array([d.mse for d in done]) if done else np.zeros((0, 0)),
+                "mean_cc": np.array([d.mean_cc for d in done]) if done else np.zeros((0, 0)),
             },
             config=config,
             cancelled=cancelled,

@@ -1,0 +1,209 @@
+"""The NMSR engine: recovery of known motion, variants, cancellation, OOM, results."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_nmsr.core import register as engine
+from napari_nmsr.core.errors import DeviceMemoryError, MaskError, ResultFileError, SequenceError
+from napari_nmsr.core.register import Progress, RegistrationConfig, ScaleDone, register, register_iter
+from napari_nmsr.core.result import RegistrationResult
+
+SCALES = (0.25, 0.5, 1.0)
+
+
+def speckle(size, seed=0, sigma=1.2):
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.random((size, size)), sigma)
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def moving_sequence(kind, n=4, size=64):
+    """Speckle moved by a constant translation or rotation per frame; returns frames and true pull field."""
+    big = speckle(size + 32)
+    c = (size + 32 - 1) / 2
+    yy, xx = np.mgrid[0 : size + 32, 0 : size + 32].astype(np.float64)
+    frames = []
+    for t in range(n):
+        if kind == "translation":
+            src_y, src_x = yy - 1.5 * t, xx + 2.0 * t
+        else:
+            a = np.deg2rad(3.0 * t)
+            src_y = c + np.cos(a) * (yy - c) + np.sin(a) * (xx - c)
+            src_x = c - np.sin(a) * (yy - c) + np.cos(a) * (xx - c)
+        frames.append(ndimage.map_coordinates(big, [src_y, src_x], order=3, mode="reflect")[16:-16, 16:-16])
+    frames = np.clip(np.array(frames, np.float32), 0, 1)
+    yy, xx = yy[16:-16, 16:-16], xx[16:-16, 16:-16]
+    if kind == "translation":
+        true = np.stack([np.full_like(yy, -1.5), np.full_like(xx, 2.0)])
+    else:
+        a = np.deg2rad(3.0)  # frame t+1 at p shows frame t at c + R(3 deg)(p - c)
+        src_y = c + np.cos(a) * (yy - c) + np.sin(a) * (xx - c)
+        src_x = c - np.sin(a) * (yy - c) + np.cos(a) * (xx - c)
+        true = np.stack([src_y - yy, src_x - xx])
+    return frames, true.astype(np.float32)
+
+
+def small_config(**kw):
+    base = dict(scales=SCALES, steps=40, encoder=(8, 16, 16), decoder=(16, 16, 8), patience=0)
+    base.update(kw)
+    return RegistrationConfig(**base)
+
+
+@pytest.mark.parametrize("kind", ["translation", "rotation"])
+def test_known_motion_is_recovered(kind):
+    frames, true = moving_sequence(kind)
+    res = register(frames, config=small_config())
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    err = np.linalg.norm(res.final_field - true[None], axis=1)[inner[:1] + inner[2:]].mean()
+    zero_err = np.linalg.norm(true, axis=0)[8:-8, 8:-8].mean()
+    assert err < 0.35 * zero_err, (err, zero_err)
+    assert res.fields.shape == (3, 3, 2, 64, 64) and res.fields.dtype == np.float32
+
+
+def test_end_to_end_on_simulated_vortex_beats_zero_field():
+    from napari_nmsr.core.simulate import vortex
+
+    sim = vortex(size=64, n_frames=5, seed=3)
+    res = register(sim.frames, sim.masks, small_config(steps=60))
+    m = sim.masks[1:]
+    epe = np.linalg.norm(res.final_field - sim.fields, axis=1)[m].mean()
+    zero = np.linalg.norm(sim.fields, axis=1)[m].mean()
+    assert epe < 0.6 * zero, (epe, zero)
+    # metrics improve from "no registration" to the final scale
+    assert res.metrics["mse"].shape == (3, 4)
+    assert res.metrics["mean_cc"][-1].mean() > 0.1
+
+
+def test_variants_and_scale_counts(tmp_path):
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    single = register(frames, config=small_config(variant="nmsr", steps=3))
+    assert single.scales == (1.0,)
+    ms = register(frames, config=small_config(variant="nmsr_ms", steps=3))
+    assert ms.scales == SCALES
+    from napari_nmsr.core.train import train
+
+    w = train([frames, frames[::-1].copy()], tmp_path / "w.pt", small_config(steps=3))
+    v = register(frames, config=small_config(variant="nmsr_v", weights=str(w), steps=3))
+    assert v.scales == SCALES and np.isfinite(v.fields).all()
+    with pytest.raises(ValueError, match="weights"):
+        RegistrationConfig(variant="nmsr_v")
+
+
+def test_seeded_runs_are_reproducible_on_cpu():
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    a = register(frames, config=small_config(steps=5, device="cpu"))
+    b = register(frames, config=small_config(steps=5, device="cpu"))
+    assert np.array_equal(a.fields, b.fields)
+
+
+def test_progress_reports_every_step_in_order():
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    events = list(register_iter(frames, config=small_config(steps=4)))
+    steps = [(e.scale_index, e.step) for e in events if isinstance(e, Progress)]
+    assert steps == [(k, s) for k in range(3) for s in range(1, 5)]
+    assert sum(isinstance(e, ScaleDone) for e in events) == 3
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, Progress))
+
+
+def test_cancel_keeps_finished_scales():
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    state = {"done": 0, "polls_after": 0}
+
+    def on_scale(ev):
+        state["done"] += 1
+
+    def cancel():
+        if state["done"] >= 1:
+            state["polls_after"] += 1
+            return True
+        return False
+
+    res = register(frames, config=small_config(steps=6), on_scale=on_scale, cancel=cancel)
+    assert res.cancelled
+    assert res.scales == (0.25,)
+    assert res.fields.shape[0] == 1
+    assert state["polls_after"] == 1  # stopped at the first check after the request
+
+
+def test_cancel_before_any_scale_returns_empty_result():
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    res = register(frames, config=small_config(steps=6), cancel=lambda: True)
+    assert res.cancelled and res.n_scales == 0
+    with pytest.raises(ResultFileError):
+        res.final_field
+
+
+def test_out_of_memory_halves_batch_then_gives_clear_error(monkeypatch):
+    frames, _ = moving_sequence("translation", n=5, size=48)
+    real_step = engine._step
+    seen = []
+
+    def flaky(net, opt, moving, fixed, mask, idx, *a):
+        n = moving[idx].shape[0]
+        seen.append(n)
+        if n > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(net, opt, moving, fixed, mask, idx, *a)
+
+    monkeypatch.setattr(engine, "_step", flaky)
+    res = register(frames, config=small_config(steps=2))
+    assert res.n_scales == 3
+    assert seen[:3] == [4, 2, 1]
+
+    def always(*a, **k):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(engine, "_step", always)
+    with pytest.raises(DeviceMemoryError, match="ran out of memory"):
+        register(frames, config=small_config(steps=2))
+
+
+@pytest.mark.parametrize(
+    "frames, match",
+    [
+        (np.random.default_rng(0).random((1, 32, 32)), "at least two frames"),
+        (np.full((3, 32, 32), 0.5), "blank"),
+        (np.zeros((3, 0, 32)), "too small"),
+        (np.random.default_rng(0).random((3, 8, 32)), "too small"),
+        (np.where(np.eye(32)[None] > 0, np.nan, 0.3).repeat(3, 0), "NaN"),
+        (np.random.default_rng(0).random((3, 32, 32)) * 255, r"\[0, 1\]"),
+        (np.random.default_rng(0).random((32, 32)), r"\(T, H, W\)"),
+    ],
+)
+def test_bad_sequences_raise_sequence_error(frames, match):
+    with pytest.raises(SequenceError, match=match):
+        register(frames, config=small_config(steps=1))
+
+
+def test_bad_masks_raise_mask_error():
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    with pytest.raises(MaskError, match="empty"):
+        register(frames, np.zeros((48, 48), bool), small_config(steps=1))
+    with pytest.raises(MaskError, match="shape"):
+        register(frames, np.ones((2, 48, 48), bool), small_config(steps=1))
+
+
+def test_result_round_trip_and_versions(tmp_path):
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    res = register(frames, config=small_config(steps=2), frame_interval_s=0.02, pixel_spacing_mm=(0.3, 0.3))
+    path = res.save(tmp_path / "r.npz")
+    back = RegistrationResult.load(path)
+    assert np.array_equal(back.fields, res.fields)
+    assert back.scales == res.scales and back.config["variant"] == "nmsr_vi"
+    assert back.pixel_spacing_mm == (0.3, 0.3) and back.frame_interval_s == 0.02
+    with np.load(path) as z:
+        v = z["velocity_cm_s"]
+        assert "convention_json" in z.files
+    # 1 px/frame at 0.3 mm and 20 ms is 1.5 cm/s; velocity is the motion (-field)
+    assert np.allclose(v, -res.fields[-1] * 0.03 / 0.02, atol=1e-5)
+    assert not list(tmp_path.glob(".*tmp"))
+    bad = dict(np.load(path))
+    bad["format_version"] = np.array(99)
+    np.savez(tmp_path / "old.npz", **bad)
+    with pytest.raises(ResultFileError, match="version 99"):
+        RegistrationResult.load(tmp_path / "old.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ResultFileError):
+        RegistrationResult.load(tmp_path / "junk.npz")
