@@ -158,6 +158,23 @@ def test_rgb_dicom_uses_red_channel(tmp_path):
     np.testing.assert_allclose(seq.frames, frames / 255.0, atol=1e-6)
 
 
+def test_jpeg_baseline_dicom_decodes_through_pylibjpeg(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    frames = speckle(4, 32, 48)
+    path = write_dicom(tmp_path / "j.dcm", frames, FrameTime=33.3)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([iio.imwrite("<bytes>", f, extension=".jpg", quality=95) for f in frames])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path)
+    seq = load_sequence(path)
+    assert seq.metadata["transfer_syntax"].startswith("JPEG Baseline")
+    assert np.abs(seq.frames - frames / 255.0).mean() < 0.01
+    assert seq.frame_interval_s == pytest.approx(0.0333)
+
+
 # ----------------------------------------------------------------------------- video
 
 
@@ -187,6 +204,17 @@ def test_multipage_tiff_uint8_and_uint16_by_dtype_range(tmp_path):
     frames16 = speckle(6, 40, 50, dtype=np.uint16)
     tifffile.imwrite(tmp_path / "b.tiff", frames16, compression="zlib")
     np.testing.assert_allclose(load_sequence(tmp_path / "b.tiff").frames, frames16 / 65535.0, atol=1e-6)
+
+
+def test_large_tiff_goes_through_a_memmap_not_memory(tmp_path, monkeypatch):
+    import napari_nmsr.core.io as io_module
+
+    frames = speckle(20, 64, 64, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", frames)
+    monkeypatch.setattr(io_module, "_TIFF_IN_MEMORY_LIMIT", 0)
+    peak, seq = _peak_bytes_while_loading(tmp_path / "big.tif")
+    np.testing.assert_allclose(seq.frames, frames / 65535.0, atol=1e-6)
+    assert peak < 1.2 * seq.frames.nbytes  # the uint16 copy (0.5x) lives on disk
 
 
 def test_rgb_tiff_and_imagej_interval(tmp_path):
@@ -243,6 +271,7 @@ def test_garbage_bytes_raise_sequence_error(tmp_path, suffix):
     with pytest.raises(SequenceError) as info:
         load_sequence(path)
     assert path.name in str(info.value)
+    assert "damaged" in str(info.value) or "not a" in str(info.value)
 
 
 def test_truncated_video_and_tiff_raise_sequence_error(tmp_path):
@@ -251,6 +280,10 @@ def test_truncated_video_and_tiff_raise_sequence_error(tmp_path):
     cut.write_bytes(data[:300])  # header only
     with pytest.raises(SequenceError):
         load_sequence(cut)
+    (tmp_path / "tail.avi").write_bytes(data[: int(0.95 * len(data))])  # the first frames survive
+    with pytest.warns(UserWarning, match="truncated"):
+        seq = load_sequence(tmp_path / "tail.avi")
+    assert 2 <= seq.n_frames == seq.metadata["decoded_frames"] < seq.metadata["expected_frames"] == 10
     tifffile.imwrite(tmp_path / "t.tif", speckle(6, 32, 32))
     data = (tmp_path / "t.tif").read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
@@ -273,6 +306,12 @@ def test_degenerate_arrays_raise_sequence_error(tmp_path, array, message):
     np.save(tmp_path / "d.npy", array)
     with pytest.raises(SequenceError, match=message):
         load_sequence(tmp_path / "d.npy")
+
+
+def test_max_frames_below_two_is_a_programming_error(tmp_path):
+    np.save(tmp_path / "a.npy", speckle(3, 8, 8))
+    with pytest.raises(ValueError, match="at least 2"):
+        load_sequence(tmp_path / "a.npy", max_frames=1)
 
 
 def test_nan_frame_is_named(tmp_path):
@@ -301,7 +340,7 @@ def test_missing_unsupported_empty_folder_and_mixed_sizes(tmp_path):
         load_sequence(mixed)
     pickled = tmp_path / "obj.npy"
     np.save(pickled, np.array([{"a": 1}, None]), allow_pickle=True)
-    with pytest.raises(SequenceError):
+    with pytest.raises(SequenceError, match="Python objects"):
         load_sequence(pickled)
 
 

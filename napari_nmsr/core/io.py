@@ -11,8 +11,8 @@ monochrome data. Normalisation:
 
 * integer data: divided by the range of its type (uint8 / 255, uint16 / 65535;
   signed types are shifted to start at 0). DICOM uses ``BitsStored`` instead
-  (a 12-bit image is divided by 4095) and a palette by its LUT entry size;
-  MONOCHROME1 is inverted so that bright means echo, as displayed.
+  (a 12-bit image is divided by 4095) and a palette its LUT entry size (16-bit
+  LUT entries: / 65535); MONOCHROME1 is inverted so that bright means echo.
 * float data: min-max over the whole sequence (one scale for all frames).
 
 Memory: the float32 output is allocated once (frame count from the container)
@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,23 +34,17 @@ import numpy as np
 
 from .errors import SequenceError
 
-__all__ = [
-    "EchoSequence",
-    "load_sequence",
-    "can_read",
-    "SUPPORTED_SUFFIXES",
-    "FRAME_IMAGE_SUFFIXES",
-]
+__all__ = ["EchoSequence", "load_sequence", "can_read", "SUPPORTED_SUFFIXES", "FRAME_IMAGE_SUFFIXES"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".m4v")
 TIFF_SUFFIXES = (".tif", ".tiff")
-#: Single-file formats :func:`load_sequence` reads (DICOM without suffix too).
+#: Single-file formats :func:`load_sequence` reads (DICOM files without a suffix too).
 SUPPORTED_SUFFIXES = DICOM_SUFFIXES + VIDEO_SUFFIXES + TIFF_SUFFIXES + (".npy", ".npz")
-#: Frame files read from a folder, one image per frame, in natural order.
+#: Frame files read from a folder, one image per frame, in natural order (frame2 before frame10).
 FRAME_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
-_TIFF_IN_MEMORY_LIMIT = 256 * 2**20  # larger TIFFs are decoded into a temporary memmap
+_TIFF_IN_MEMORY_LIMIT = 256 * 2**20  # bytes; larger TIFFs are decoded into a temporary memmap
 
 
 @dataclass
@@ -59,8 +55,7 @@ class EchoSequence:
     frame_interval_s: seconds between frames, or None when the file does not say.
     pixel_spacing_mm: ``(dy, dx)`` millimetres per pixel (rows, columns), or None.
     source: the path it was read from.
-    metadata: technical facts about the file (format, codec, original dtype ...);
-        never patient identifiers.
+    metadata: technical facts about the file (format, codec, encoding...); never patient data.
     """
 
     frames: np.ndarray
@@ -78,30 +73,30 @@ class EchoSequence:
 
 
 def _natural_key(name: str) -> list:
-    """Sort key putting ``frame2`` before ``frame10`` (digits compare as numbers)."""
-    parts = re.split(r"(\d+)", name.lower())
-    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
+    """Sort key putting ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name.lower()))]
 
 
-def _integer_range(dtype: np.dtype) -> tuple[float, float]:
-    if dtype == np.bool_:
-        return 0.0, 1.0
-    info = np.iinfo(dtype)
-    return float(info.min), float(info.max)
+def _positive(value: Any, absolute: bool = False) -> float | None:
+    """A header number if it is finite and > 0 (after abs() if asked), else None."""
+    try:
+        v = abs(float(value)) if absolute else float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
 
 
 class _FrameBuffer:
-    """Float32 ``(T, H, W)`` output filled one frame at a time.
+    """The float32 ``(T, H, W)`` output, filled one frame at a time.
 
     ``expected`` frames are allocated up front; if a file holds more than its
     header said, the buffer grows by a quarter (the only moment two copies exist).
     """
 
     def __init__(self, name: str, expected: int | None, max_frames: int | None):
-        self.name = name
-        self.max_frames = max_frames
-        cap = expected if expected and expected > 0 else 64
-        self.capacity = min(cap, max_frames) if max_frames else cap
+        self.name, self.max_frames = name, max_frames
+        capacity = expected if expected and expected > 0 else 64
+        self.capacity = min(capacity, max_frames) if max_frames else capacity
         self.out: np.ndarray | None = None
         self.n = 0
         self.raw_float = False
@@ -110,25 +105,19 @@ class _FrameBuffer:
     def full(self) -> bool:
         return self.max_frames is not None and self.n >= self.max_frames
 
-    def add(
-        self, frame: np.ndarray, value_range: tuple[float, float] | None = None, invert: bool = False
-    ) -> None:
-        """Convert one 2-D frame into slot ``n``: integer data by ``value_range``
-        (default: its dtype range), float data raw (min-max in :meth:`finish`).
+    def add(self, frame: np.ndarray, value_range: tuple[float, float] | None = None, invert: bool = False) -> None:
+        """Convert one 2-D frame into slot ``n``: integer data scaled by ``value_range``
+        (default: its dtype range), float data copied raw (min-max in :meth:`finish`).
         ``invert`` makes low values bright (DICOM MONOCHROME1)."""
         if frame.ndim != 2 or frame.size == 0:
-            raise SequenceError(
-                f"'{self.name}' has empty images ({'x'.join(map(str, frame.shape))} pixels); "
-                "there is nothing to register."
-            )
+            shape = "x".join(map(str, frame.shape))
+            raise SequenceError(f"'{self.name}' has empty images ({shape} pixels); there is nothing to register.")
         if self.out is None:
             self.out = np.empty((self.capacity, *frame.shape), np.float32)
         elif frame.shape != self.out.shape[1:]:
             raise SequenceError(
-                f"Frame {self.n + 1} of '{self.name}' is {frame.shape[0]}x{frame.shape[1]} pixels "
-                f"but the first frame is {self.out.shape[1]}x{self.out.shape[2]}; all frames of a "
-                "cine must have the same size."
-            )
+                f"Frame {self.n + 1} of '{self.name}' is {frame.shape[0]}x{frame.shape[1]} pixels but the first "
+                f"frame is {self.out.shape[1]}x{self.out.shape[2]}; all frames of a cine must have the same size.")
         if self.n == self.out.shape[0]:
             grown = np.empty((self.n + max(16, self.n // 4), *self.out.shape[1:]), np.float32)
             grown[: self.n] = self.out
@@ -137,15 +126,15 @@ class _FrameBuffer:
         if np.issubdtype(frame.dtype, np.floating):
             dst[...] = frame
             if not np.isfinite(dst).all():
-                raise SequenceError(
-                    f"Frame {self.n + 1} of '{self.name}' contains invalid values (NaN or "
-                    "infinity); re-export the sequence without missing pixels."
-                )
-            self.raw_float = True
+                raise SequenceError(f"Frame {self.n + 1} of '{self.name}' contains invalid values (NaN or "
+                                    "infinity); re-export the sequence without missing pixels.")
             if invert:
                 np.negative(dst, out=dst)
+            self.raw_float = True
         elif np.issubdtype(frame.dtype, np.integer) or frame.dtype == np.bool_:
-            lo, hi = value_range or _integer_range(frame.dtype)
+            if value_range is None and frame.dtype != np.bool_:
+                value_range = (float(np.iinfo(frame.dtype).min), float(np.iinfo(frame.dtype).max))
+            lo, hi = value_range or (0.0, 1.0)
             dst[...] = frame
             if lo:
                 dst -= lo
@@ -154,9 +143,7 @@ class _FrameBuffer:
             if invert:
                 np.subtract(1.0, dst, out=dst)
         else:
-            raise SequenceError(
-                f"'{self.name}' holds {frame.dtype} pixels, which are not image intensities."
-            )
+            raise SequenceError(f"'{self.name}' holds {frame.dtype} pixels, which are not image intensities.")
         self.n += 1
 
     def finish(self) -> np.ndarray:
@@ -176,25 +163,13 @@ class _FrameBuffer:
 
 
 def _check_sequence(frames: np.ndarray, name: str) -> None:
-    """The degenerate cases registration cannot work with."""
+    """The degenerate cases registration cannot work with (one constant frame among others is fine)."""
     if frames.shape[0] < 2:
-        raise SequenceError(
-            f"'{name}' holds a single frame; registration needs at least two frames "
-            "(export the whole cine loop, not a still image)."
-        )
+        raise SequenceError(f"'{name}' holds a single frame; registration needs at least two frames "
+                            "(export the whole cine loop, not a still image).")
     if float(frames.min()) == float(frames.max()):
-        raise SequenceError(
-            f"Every frame of '{name}' is one flat grey value, so there is no image content "
-            "to track; check that the export is not blank."
-        )
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
+        raise SequenceError(f"Every frame of '{name}' is one flat grey value, so there is no image content "
+                            "to track; check that the export is not blank.")
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -202,13 +177,13 @@ def _positive(value: Any) -> float | None:
 
 def _dicom_frame_interval(ds) -> tuple[float | None, str | None]:
     """Seconds per frame from FrameTime (ms), FrameTimeVector (ms), CineRate or
-    RecommendedDisplayFrameRate (frames/s), in that order."""
+    RecommendedDisplayFrameRate (frames/s), in that order; also the tag used."""
     ms = _positive(ds.get("FrameTime"))
     if ms:
         return ms / 1000.0, "FrameTime"
     vector = ds.get("FrameTimeVector")
-    if vector is not None and not isinstance(vector, (str, bytes)):
-        steps = [_positive(v) for v in list(vector)[1:]]  # first entry is 0
+    if isinstance(vector, Sequence) and not isinstance(vector, (str, bytes)):
+        steps = [_positive(v) for v in list(vector)[1:]]  # the first entry is 0
         if steps and all(steps):
             return float(np.median(steps)) / 1000.0, "FrameTimeVector"
     for key in ("CineRate", "RecommendedDisplayFrameRate"):
@@ -226,12 +201,11 @@ def _dicom_pixel_spacing(ds) -> tuple[float, float] | None:
             continue  # M-mode, spectral Doppler, waveform: not a 2-D image
         if region.get("PhysicalUnitsXDirection") != 3 or region.get("PhysicalUnitsYDirection") != 3:
             continue
-        dx = _positive(abs(float(region.get("PhysicalDeltaX", 0) or 0)))
-        dy = _positive(abs(float(region.get("PhysicalDeltaY", 0) or 0)))
+        dx, dy = _positive(region.get("PhysicalDeltaX"), True), _positive(region.get("PhysicalDeltaY"), True)
         if dx and dy:
             return dy * 10.0, dx * 10.0
     spacing = ds.get("PixelSpacing")
-    if spacing is not None and len(spacing) == 2:
+    if isinstance(spacing, Sequence) and len(spacing) == 2:
         dy, dx = _positive(spacing[0]), _positive(spacing[1])
         if dy and dx:
             return dy, dx
@@ -248,53 +222,39 @@ def _load_dicom(path: Path, max_frames: int | None):
     except InvalidDicomError as e:
         raise SequenceError(f"'{path.name}' is not a DICOM file (no DICOM header found).") from e
     if "Rows" not in ds or "Columns" not in ds:
-        raise SequenceError(
-            f"'{path.name}' is a DICOM file without an image (perhaps a report or a DICOMDIR)."
-        )
+        raise SequenceError(f"'{path.name}' holds no image: it is a DICOM report or DICOMDIR, or the file is "
+                            "cut short.")
     n = int(ds.get("NumberOfFrames") or 1)
+    syntax = getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "name", "unknown encoding")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
     signed = int(ds.get("PixelRepresentation") or 0) == 1
     value_range = (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) if signed else (0.0, 2.0**bits - 1)
     lut = None
-    if photometric == "PALETTE COLOR":
-        red = apply_color_lut(np.arange(2**bits, dtype=np.uint16 if bits > 8 else np.uint8), ds)
-        lut = np.ascontiguousarray(red[..., 0])
+    if photometric == "PALETTE COLOR":  # first channel = red LUT applied to the indices
+        lut = apply_color_lut(np.arange(2**bits, dtype=np.uint16 if bits > 8 else np.uint8), ds)[..., 0].copy()
         value_range = (0.0, 2.0 ** int(ds.RedPaletteColorLookupTableDescriptor[2]) - 1)
     count = min(n, max_frames) if max_frames else n
     buf = _FrameBuffer(path.name, count, max_frames)
     try:
-        for frame in iter_pixels(path, indices=range(count)):
+        for frame in iter_pixels(path, indices=range(count)):  # one decoded frame at a time
             if lut is not None:
                 frame = lut[frame]
             elif frame.ndim == 3:
-                frame = frame[..., 0]  # RGB (YBR is converted to RGB by pydicom)
+                frame = frame[..., 0]  # RGB; pydicom converts YBR to RGB
             buf.add(frame, value_range, invert=photometric == "MONOCHROME1")
     except SequenceError:
         raise
     except Exception as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise SequenceError(
-            f"The images in '{path.name}' could not be decoded"
-            f"{f' ({syntax.name})' if syntax is not None else ''}: the file is damaged or "
-            "incomplete (an interrupted copy?), or uses a compression this computer cannot "
-            f"decode. Re-export it uncompressed. Details: {e}"
-        ) from e
+        raise SequenceError(f"The images in '{path.name}' ({syntax}) could not be decoded: the file is damaged "
+                            "or incomplete (an interrupted copy?), or uses a compression this computer cannot "
+                            f"decode; re-export it uncompressed. Details: {e}") from e
     interval, interval_tag = _dicom_frame_interval(ds)
-    meta = {
-        "format": "dicom",
-        "photometric_interpretation": photometric,
-        "bits_stored": bits,
-        "frames_in_file": n,
-        "frame_interval_tag": interval_tag,
-    }
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None:
-        meta["transfer_syntax"] = syntax.name
-    for key in ("Modality", "Manufacturer", "ManufacturerModelName", "SOPClassUID"):
+    meta = {"format": "dicom", "transfer_syntax": syntax, "photometric_interpretation": photometric,
+            "bits_stored": bits, "frames_in_file": n, "frame_interval_tag": interval_tag}
+    for key in ("Modality", "Manufacturer", "ManufacturerModelName", "SOPClassUID"):  # no patient data
         if key in ds:
-            value = ds.get(key)
-            meta[key] = getattr(value, "name", None) or str(value)
+            meta[key] = str(getattr(ds[key].value, "name", ds[key].value))
     return buf.finish(), interval, _dicom_pixel_spacing(ds), meta
 
 
@@ -309,8 +269,8 @@ def _load_video(path: Path, max_frames: int | None):
             raise SequenceError(f"'{path.name}' contains no video stream (audio only?).")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        expected = stream.frames or None
-        if not expected and rate and container.duration:  # e.g. MKV has no frame count
+        counted = expected = stream.frames or None
+        if not expected and rate and container.duration:  # e.g. MKV stores no frame count
             expected = round(container.duration * 1e-6 * float(rate))
         buf = _FrameBuffer(path.name, expected, max_frames)
         for frame in container.decode(stream):
@@ -318,8 +278,11 @@ def _load_video(path: Path, max_frames: int | None):
             if buf.full:
                 break
         codec = stream.codec_context.name
+    if counted and not buf.full and 2 <= buf.n < counted:
+        warnings.warn(f"Only {buf.n} of the {counted} frames of '{path.name}' could be decoded; the file "
+                      "seems truncated (an interrupted copy?).", UserWarning, stacklevel=3)
     interval = 1.0 / float(rate) if rate and float(rate) > 0 else None
-    meta = {"format": "video", "codec": codec, "frames_in_header": expected}
+    meta = {"format": "video", "codec": codec, "expected_frames": expected, "decoded_frames": buf.n}
     return buf.finish(), interval, None, meta
 
 
@@ -327,8 +290,8 @@ def _load_video(path: Path, max_frames: int | None):
 
 
 def _load_tiff(path: Path, max_frames: int | None):
-    """Time = first non-channel axis longer than 1 (T, Z, I, Q...); other axes
-    (channels C/S, extra dimensions) are taken at index 0."""
+    """Time = the first non-channel axis longer than 1 (T, Z, I, Q...); channel
+    axes (C, S) and any further axes are taken at index 0."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -336,20 +299,18 @@ def _load_tiff(path: Path, max_frames: int | None):
         axes, shape = series.axes, series.shape
         size = int(np.prod(shape)) * series.dtype.itemsize
         data = series.asarray(out="memmap" if size > _TIFF_IN_MEMORY_LIMIT else None)
-        interval = None
-        if tif.is_imagej and tif.imagej_metadata:
-            interval = _positive(tif.imagej_metadata.get("finterval"))
+        interval = _positive((tif.imagej_metadata or {}).get("finterval")) if tif.is_imagej else None
     y, x = axes.rfind("Y"), axes.rfind("X")
     if y < 0 or x < 0:
-        raise SequenceError(f"'{path.name}' does not hold 2-D images (axes {axes}).")
+        raise SequenceError(f"'{path.name}' does not hold 2-D images (its axes are {axes}).")
     others = [i for i, a in enumerate(axes) if i not in (y, x) and a not in "CS"]
     time = next((i for i in others if shape[i] > 1), others[0] if others else None)
-    index = tuple(slice(None) if i in (y, x, time) else 0 for i in range(len(axes)))
     kept = [i for i in range(len(axes)) if i in (y, x, time)]
-    view = np.moveaxis(data[index], [kept.index(i) for i in (y, x)], [-2, -1])
+    view = data[tuple(slice(None) if i in kept else 0 for i in range(len(axes)))]
+    view = np.moveaxis(view, [kept.index(y), kept.index(x)], [-2, -1])
     if time is None:
         view = view[np.newaxis]
-    count = view.shape[0] if not max_frames else min(view.shape[0], max_frames)
+    count = min(view.shape[0], max_frames or view.shape[0])
     buf = _FrameBuffer(path.name, count, max_frames)
     for t in range(count):
         buf.add(view[t])
@@ -357,15 +318,12 @@ def _load_tiff(path: Path, max_frames: int | None):
     return buf.finish(), interval, None, meta
 
 
-# ----------------------------------------------------------------------------- folder
+# ----------------------------------------------------------------------------- folder of frames
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in FRAME_IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    ]
+    files = [p for p in folder.iterdir()
+             if p.suffix.lower() in FRAME_IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
@@ -374,10 +332,8 @@ def _load_folder(path: Path, max_frames: int | None):
 
     files = _frame_files(path)
     if not files:
-        raise SequenceError(
-            f"The folder '{path.name}' contains no frame images "
-            f"({', '.join(FRAME_IMAGE_SUFFIXES)}); put one image per frame in it."
-        )
+        raise SequenceError(f"The folder '{path.name}' contains no frame images "
+                            f"({', '.join(FRAME_IMAGE_SUFFIXES)}); put one image per frame in it.")
     files = files[:max_frames] if max_frames else files
     buf = _FrameBuffer(path.name, len(files), max_frames)
     for f in files:
@@ -386,40 +342,45 @@ def _load_folder(path: Path, max_frames: int | None):
         except Exception as e:
             raise SequenceError(f"The frame image '{f.name}' in '{path.name}' cannot be read ({e}).") from e
         buf.add(image[..., 0] if image.ndim == 3 else image)
-    meta = {"format": "folder", "files": [f.name for f in files]}
-    return buf.finish(), None, None, meta
+    return buf.finish(), None, None, {"format": "folder", "files": [f.name for f in files]}
 
 
 # ----------------------------------------------------------------------------- NumPy
 
 
 def _load_numpy(path: Path, max_frames: int | None):
-    """NPY ``(T, H, W)`` or ``(T, H, W, C)`` (C <= 4, channel 0 kept); NPZ: the
-    array named 'frames', else 'image', else the first one."""
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.files)
-            if not keys:
-                raise SequenceError(f"'{path.name}' is an empty NPZ archive.")
-            key = next((k for k in ("frames", "image") if k in keys), keys[0])
-            array = archive[key]
-    else:
-        key = None
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    """NPY ``(T, H, W)`` or ``(T, H, W, C)`` with C <= 4 (channel 0 kept);
+    NPZ: the array named 'frames', else 'image', else the first one."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] != b"PK" and magic != b"\x93NUMPY":
+        raise SequenceError(f"'{path.name}' is not a NumPy file (it is damaged, or another format renamed).")
+    key = None
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if not archive.files:
+                    raise SequenceError(f"'{path.name}' is an empty NPZ archive.")
+                key = next((k for k in ("frames", "image") if k in archive.files), archive.files[0])
+                array = archive[key]
+        else:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise
+        raise SequenceError(f"'{path.name}' holds Python objects, not pixel values; save the frames as a "
+                            "numeric (T, H, W) array.") from e
     if array.ndim == 4 and array.shape[-1] <= 4:
         array = array[..., 0]
     if array.ndim == 2:
         array = array[np.newaxis]
     if array.ndim != 3:
-        raise SequenceError(
-            f"'{path.name}' holds an array of shape {array.shape}; expected frames as (T, H, W)."
-        )
-    count = array.shape[0] if not max_frames else min(array.shape[0], max_frames)
+        raise SequenceError(f"'{path.name}' holds an array of shape {array.shape}; expected frames as (T, H, W).")
+    count = min(array.shape[0], max_frames or array.shape[0])
     buf = _FrameBuffer(path.name, count, max_frames)
     for t in range(count):
         buf.add(array[t])
-    meta = {"format": path.suffix.lower()[1:], "dtype": str(array.dtype), "key": key}
-    return buf.finish(), None, None, meta
+    return buf.finish(), None, None, {"format": path.suffix.lower()[1:], "dtype": str(array.dtype), "key": key}
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -438,12 +399,8 @@ def _kind(path: Path) -> str | None:
     if path.is_dir():
         return "folder"
     suffix = path.suffix.lower()
-    for kind, suffixes in (
-        ("dicom", DICOM_SUFFIXES),
-        ("video", VIDEO_SUFFIXES),
-        ("tiff", TIFF_SUFFIXES),
-        ("numpy", (".npy", ".npz")),
-    ):
+    for kind, suffixes in (("dicom", DICOM_SUFFIXES), ("video", VIDEO_SUFFIXES), ("tiff", TIFF_SUFFIXES),
+                           ("numpy", (".npy", ".npz"))):
         if suffix in suffixes:
             return kind
     return "dicom" if _has_dicom_magic(path) else None
@@ -459,7 +416,8 @@ _READERS = {
 
 
 def can_read(path: str | os.PathLike) -> bool:
-    """Whether :func:`load_sequence` would try this path (never raises)."""
+    """Whether :func:`load_sequence` would try this path: a supported file, a
+    DICOM file without suffix, or a folder holding frame images. Never raises."""
     try:
         p = Path(path)
         if p.is_dir():
@@ -470,26 +428,21 @@ def can_read(path: str | os.PathLike) -> bool:
 
 
 def load_sequence(path: str | os.PathLike, *, max_frames: int | None = None) -> EchoSequence:
-    """Read an echo cine: ``frames`` ``(T, H, W)`` float32 in ``[0, 1]``.
+    """Read an echo cine: ``frames`` ``(T, H, W)`` float32 in ``[0, 1]`` plus timing and spacing.
 
     ``max_frames`` keeps only the first frames (a quick preview). Raises
-    :class:`SequenceError` for anything wrong with the file, with a message
-    meant for the person who exported it.
+    :class:`SequenceError` for anything wrong with the file, worded for the
+    person who exported it; the decoder's own exception is chained as the cause.
     """
     if max_frames is not None and max_frames < 2:
         raise ValueError("max_frames must be at least 2 (registration needs two frames)")
     path = Path(path).expanduser()
     if not path.exists():
-        raise SequenceError(
-            f"'{path}' does not exist; check the name and that the drive or share is connected."
-        )
+        raise SequenceError(f"'{path}' does not exist; check the name and that the drive or share is connected.")
     kind = _kind(path)
     if kind is None:
-        raise SequenceError(
-            f"'{path.name}' is not a format napari-nmsr reads. Use DICOM, video "
-            f"({', '.join(VIDEO_SUFFIXES)}), multi-page TIFF, NPY/NPZ, or a folder of "
-            "PNG/JPEG frames."
-        )
+        raise SequenceError(f"'{path.name}' is not a format napari-nmsr reads. Use DICOM, video "
+                            f"({', '.join(VIDEO_SUFFIXES)}), multi-page TIFF, NPY/NPZ or a folder of PNG/JPEG frames.")
     reader, label = _READERS[kind]
     try:
         frames, interval, spacing, meta = reader(path, max_frames)
@@ -498,14 +451,9 @@ def load_sequence(path: str | os.PathLike, *, max_frames: int | None = None) -> 
     except PermissionError as e:
         raise SequenceError(f"'{path.name}' cannot be opened: permission denied.") from e
     except MemoryError as e:
-        raise SequenceError(
-            f"'{path.name}' is too large to load into memory; load fewer frames (max_frames)."
-        ) from e
+        raise SequenceError(f"'{path.name}' is too large to load into memory; load fewer frames.") from e
     except Exception as e:
-        raise SequenceError(
-            f"'{path.name}' could not be read as {label}: the file is damaged, incomplete or "
-            f"not really {label} ({type(e).__name__}: {e})."
-        ) from e
+        raise SequenceError(f"'{path.name}' could not be read as {label}: the file is damaged, incomplete or not "
+                            f"really {label} ({type(e).__name__}: {e}).") from e
     _check_sequence(frames, path.name)
-    meta.setdefault("original_shape", list(frames.shape))
     return EchoSequence(frames, interval, spacing, str(path), meta)
