@@ -1,0 +1,280 @@
+"""Section "Analysis" (issue 5): vorticity / strain maps, vortex centres, per-pair table and plot.
+
+Computes ``napari_nmsr.core.analysis`` on the chosen scale of the last run
+(or of a result file opened as a layer) in a worker thread, then shows:
+
+* a map Image layer (vorticity, or radial / circumferential / principal
+  strain) placed UNDER the quiver, diverging colormap (red = counter-
+  clockwise as seen / lengthening, blue = clockwise / shortening);
+* every vortex centre as a Points layer and the main vortex's path as a
+  Tracks layer (axes t, y, x; pair t is drawn on frame t+1 like the arrows);
+* one table row per frame pair, a small plot over time, and CSV export.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.qt.threading import create_worker
+from qtpy.QtWidgets import (
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+    QPushButton, QTableWidget, QTableWidgetItem, QWidget,
+)
+
+from napari_nmsr.core.analysis import analyze_fields, build_report, write_csv
+from napari_nmsr.core.errors import NMSRError
+
+from .layers import ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
+from .state import WorkflowState
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["AnalysisSection", "MAPS", "map_stack", "vortex_points", "main_track", "TABLE_COLUMNS"]
+
+ROLE_MAP, ROLE_VORTICES, ROLE_TRACK = "analysis_map", "vortex_centres", "vortex_track"
+#: Map choices: label -> (key, unit template)
+MAPS = {
+    "vorticity": ("vorticity", "1/{time}"),
+    "radial strain": ("err", "%"),
+    "circumferential strain": ("ecc", "%"),
+    "principal strain E1": ("e1", "%"),
+}
+#: (header, report key, format)
+TABLE_COLUMNS = (
+    ("t", "t", "{:d}"), ("centre x", "vortex_centre_xy", "{:.1f}"), ("centre y", "vortex_centre_xy", "{:.1f}"),
+    ("circulation", "vortex_circulation", "{:.3g}"), ("depth", "vortex_depth", "{:.2f}"),
+    ("KE", "kinetic_energy", "{:.3g}"), ("strain %", "contour_strain", "{:.2f}"),
+)
+
+
+def map_stack(analysis, key: str) -> np.ndarray:
+    """(T, H, W) float32 aligned with the frames: frame 0 (no pair ends there) is 0."""
+    pairs = analysis.vorticity if key == "vorticity" else analysis.strain[key]
+    return np.concatenate((np.zeros_like(pairs[:1]), pairs)).astype(np.float32)
+
+
+def vortex_points(analysis) -> tuple[np.ndarray, dict]:
+    """All vortex centres as (N, 3) (frame, y, x) and their features."""
+    rows, main, circ = [], [], []
+    for t, found in enumerate(analysis.vortices):
+        for v in found:
+            rows.append((t + 1, *v.centre_yx))
+            main.append(v.main)
+            circ.append(v.circulation)
+    data = np.asarray(rows, dtype=float).reshape(-1, 3)
+    return data, {"main": np.asarray(main, bool), "circulation": np.asarray(circ, float)}
+
+
+def main_track(analysis) -> np.ndarray:
+    """The main vortex's path as napari Tracks data (N, 4): (track id, frame, y, x)."""
+    c = analysis.vortex_centres_yx()
+    keep = ~np.isnan(c[:, 0])
+    frames = np.flatnonzero(keep) + 1
+    return np.column_stack((np.zeros(len(frames)), frames, c[keep])).astype(float)
+
+
+class AnalysisSection(QGroupBox):
+    """Analysis of a finished run: maps, vortices, numbers per frame pair."""
+
+    def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
+        super().__init__("Analysis", parent)
+        self._viewer, self._state = viewer, state
+        self._worker = None
+        self.analysis = None
+        self.report: dict | None = None
+        self.scale = QComboBox()
+        self.map_kind = QComboBox()
+        self.map_kind.addItems(list(MAPS))
+        self.compute_button = QPushButton("Compute")
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+        self.status = QLabel("Run a registration (or open a result file) first")
+        self.status.setWordWrap(True)
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[0] for c in TABLE_COLUMNS])
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.setMinimumHeight(120)
+        self.canvas = self._make_canvas()
+        buttons = QWidget()
+        row = QHBoxLayout(buttons)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.compute_button)
+        row.addWidget(self.export_button)
+        form = QFormLayout(self)
+        form.addRow("Scale", self.scale)
+        form.addRow("Map", self.map_kind)
+        form.addRow(buttons)
+        form.addRow(self.status)
+        form.addRow(self.table)
+        if self.canvas is not None:
+            form.addRow(self.canvas)
+        self.compute_button.clicked.connect(self.compute)
+        self.export_button.clicked.connect(lambda: self.export_csv())
+        self.map_kind.currentIndexChanged.connect(self._show_map)
+        self.on_result(state.result)
+
+    # ------------------------------------------------------------------ inputs
+    def _result(self):
+        if self._state.result is not None and self._state.result.n_scales:
+            return self._state.result
+        layer = find_role(self._viewer, ROLE_VECTORS)
+        layers = [layer] if layer is not None else list(reversed(self._viewer.layers))
+        for lyr in layers:
+            res = lyr.metadata.get("nmsr_result") if lyr is not None else None
+            if res is not None and res.n_scales:
+                return res
+        return None
+
+    def _mask(self, n_frames: int):
+        if self._state.run_mask is not None:
+            return self._state.run_mask
+        layer = find_role(self._viewer, ROLE_MASKS)
+        if layer is None:
+            return None
+        mask = np.asarray(layer.data) > 0
+        return mask if mask.shape[0] == n_frames else None
+
+    def on_result(self, result=None) -> None:
+        """A run finished: offer its scales (finest selected)."""
+        result = result if result is not None else self._result()
+        self.scale.clear()
+        if result is not None and result.n_scales:
+            self.scale.addItems([f"{s:g}" for s in result.scales])
+            self.scale.setCurrentIndex(result.n_scales - 1)
+            self.status.setText("Choose a scale and press Compute")
+
+    # ------------------------------------------------------------------ compute
+    def compute(self) -> None:
+        result = self._result()
+        if result is None:
+            self.status.setText("No result yet: run a registration or open an NMSR result file")
+            return
+        if self.scale.count() != result.n_scales:
+            self.on_result(result)
+        k = max(self.scale.currentIndex(), 0)
+        fields = result.fields[k]
+        mask = self._mask(fields.shape[0] + 1)
+        kwargs = {"frame_interval_s": result.frame_interval_s, "pixel_spacing_mm": result.pixel_spacing_mm}
+        self.compute_button.setEnabled(False)
+        self.status.setText(f"Analysing scale {result.scales[k]:g}…")
+
+        def job():
+            a = analyze_fields(fields, mask, **kwargs)
+            return a, build_report(a, scale=result.scales[k], scale_index=k)
+
+        self._worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        self._worker.returned.connect(self._on_done)
+        self._worker.errored.connect(self._on_error)
+        self._worker.finished.connect(lambda: self.compute_button.setEnabled(True))
+        self._worker.start()
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and self._worker.is_running
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(str(exc) if isinstance(exc, NMSRError) else f"Analysis failed: {exc!r}")
+
+    def _on_done(self, out) -> None:
+        self.analysis, self.report = out
+        self._show_map()
+        self._show_vortices()
+        self._fill_table()
+        self._plot()
+        self.export_button.setEnabled(True)
+        n = self.report["summary"]["pairs_with_vortex"]
+        notes = " ".join(self.report["notes"])
+        self.status.setText(f"{n} of {self.analysis.n_pairs} frame pairs have a vortex. {notes}".strip())
+
+    # ------------------------------------------------------------------ layers
+    def _placement(self) -> dict:
+        image = self._state.image_layer
+        if image is not None:
+            return placed_like(image)
+        cal = self.analysis.calibration
+        return {"scale": (cal.dt, *cal.spacing)}
+
+    def _show_map(self, *_) -> None:
+        if self.analysis is None:
+            return
+        label = self.map_kind.currentText()
+        key, unit = MAPS[label]
+        data = map_stack(self.analysis, key)
+        vmax = float(np.percentile(np.abs(data), 99.5)) or 1.0
+        unit = unit.format(time=self.analysis.calibration.time_unit)
+        layer = put_layer(self._viewer, ROLE_MAP, "image", data, name=f"NMSR {label}", colormap="bwr",
+                          contrast_limits=(-vmax, vmax), opacity=0.6, blending="translucent", **self._placement())
+        layer.name, layer.contrast_limits = f"NMSR {label} ({unit})", (-vmax, vmax)
+        vec = find_role(self._viewer, ROLE_VECTORS)
+        if vec is not None:
+            i, j = self._viewer.layers.index(layer), self._viewer.layers.index(vec)
+            if i > j:
+                self._viewer.layers.move(i, j)
+
+    def _show_vortices(self) -> None:
+        data, features = vortex_points(self.analysis)
+        put_layer(self._viewer, ROLE_VORTICES, "points", data, name="vortex centres", features=features,
+                  face_color="yellow", size=4, **self._placement())
+        track = main_track(self.analysis)
+        if len(track) >= 2:
+            put_layer(self._viewer, ROLE_TRACK, "tracks", track, name="main vortex path", tail_length=50,
+                      **self._placement())
+
+    # ------------------------------------------------------------------ numbers
+    def _fill_table(self) -> None:
+        pairs = self.report["pairs"]
+        self.table.setRowCount(len(pairs))
+        for r, p in enumerate(pairs):
+            for c, (header, key, fmt) in enumerate(TABLE_COLUMNS):
+                v = p.get(key)
+                if key == "vortex_centre_xy" and v is not None:
+                    v = v[0] if header.endswith("x") else v[1]
+                self.table.setItem(r, c, QTableWidgetItem("" if v is None else fmt.format(v)))
+
+    def table_rows(self) -> list[list[str]]:
+        return [[self.table.item(r, c).text() for c in range(self.table.columnCount())] for r in range(self.table.rowCount())]
+
+    def _make_canvas(self):
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # matplotlib missing: table only
+            return None
+        self._figure = Figure(figsize=(3.2, 2.0), tight_layout=True)
+        canvas = FigureCanvasQTAgg(self._figure)
+        canvas.setMinimumHeight(160)
+        return canvas
+
+    def _plot(self) -> None:
+        if self.canvas is None:
+            return
+        self._figure.clear()
+        ax = self._figure.add_subplot(111)
+        pairs, units = self.report["pairs"], self.report["units"]
+        t = [p["time"] for p in pairs]
+        circ = [np.nan if p["vortex_circulation"] is None else p["vortex_circulation"] for p in pairs]
+        ax.plot(t, circ, "o-", color="tab:red", label=f"circulation ({units['vortex_circulation']})")
+        ax.set_xlabel(f"time ({units['time']})")
+        ax.tick_params(labelsize=7)
+        ax2 = ax.twinx()
+        ax2.plot(t, [p["kinetic_energy"] for p in pairs], "s--", color="tab:blue", label=f"KE ({units['kinetic_energy']})")
+        ax2.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+        ax2.legend(fontsize=6, loc="upper right")
+        self.canvas.draw_idle()
+
+    def export_csv(self, path=None):
+        """Write the per-pair table (all report columns) to CSV; asks for a file when no path."""
+        if self.report is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export analysis", "nmsr_analysis.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        out = write_csv(self.report, path)
+        self.status.setText(f"Saved {out}")
+        return out

@@ -1,0 +1,178 @@
+"""Section 4, Display: the ONE Vectors layer of the run (axes scale, t, y, x).
+
+Arrows (``display.arrows_for_scale``) are the material's motion, coloured by
+speed; napari's dims sliders step through scales (axis 0) and frames.
+Density and the inside-the-mask choice rebuild the arrows; length and width
+only restyle the layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.colormaps import ensure_colormap
+from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
+
+from napari_nmsr.core.register import ScaleDone
+
+from . import display
+from .layers import ROLE_MASKS, ROLE_VECTORS, find_role, put_layer
+from .state import SESSION_SETTINGS, WorkflowState, sequence_info
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["DisplaySection", "COLORMAP"]
+
+COLORMAP = "turbo"
+_DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True}
+
+
+class DisplaySection(QGroupBox):
+    """Controls of the quiver, and the code that turns scales into its arrows."""
+
+    def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
+        super().__init__("4. Display", parent)
+        self._viewer = viewer
+        self._state = state
+        self._arrows: list[display.ArrowSet] = []  # one per finished scale
+        s = {**_DEFAULTS, **SESSION_SETTINGS.get("display", {})}
+        self.arrows = QSpinBox()
+        self.arrows.setRange(20, 20000)
+        self.arrows.setSingleStep(100)
+        self.arrows.setValue(int(s["arrows"]))
+        self.arrows.setToolTip("About this many arrows per frame, on a regular grid")
+        self.length = QDoubleSpinBox()
+        self.length.setRange(0.1, 50.0)
+        self.length.setSingleStep(0.5)
+        self.length.setValue(float(s["length"]))
+        self.length.setToolTip("Arrow length = motion in one frame x this factor")
+        self.width = QDoubleSpinBox()
+        self.width.setRange(0.05, 10.0)
+        self.width.setSingleStep(0.1)
+        self.width.setValue(float(s["width"]))
+        self.inside_mask = QCheckBox("Only inside the mask")
+        self.inside_mask.setChecked(bool(s["inside_mask"]))
+        self.legend = QLabel()
+        self.legend.setMinimumHeight(18)
+        self.legend_text = QLabel("Run a registration to see the motion field")
+        self.legend_text.setWordWrap(True)
+        form = QFormLayout(self)
+        form.addRow("Arrows per frame", self.arrows)
+        form.addRow("Length x", self.length)
+        form.addRow("Width", self.width)
+        form.addRow(self.inside_mask)
+        form.addRow(self.legend)
+        form.addRow(self.legend_text)
+        self.arrows.valueChanged.connect(self.rebuild)
+        self.inside_mask.toggled.connect(self.rebuild)
+        self.length.valueChanged.connect(self._restyle)
+        self.width.valueChanged.connect(self._restyle)
+        self._paint_legend()
+
+    # ------------------------------------------------------------------ settings
+    def _remember(self) -> None:
+        SESSION_SETTINGS["display"] = {
+            "arrows": self.arrows.value(),
+            "length": self.length.value(),
+            "width": self.width.value(),
+            "inside_mask": self.inside_mask.isChecked(),
+        }
+
+    def _mask(self) -> np.ndarray | None:
+        if not self.inside_mask.isChecked():
+            return None
+        if self._state.run_mask is not None:
+            return self._state.run_mask
+        layer = find_role(self._viewer, ROLE_MASKS)
+        if layer is None or not self._state.done:
+            return None
+        mask = np.asarray(layer.data) > 0
+        t = self._state.done[0].field.shape[0] + 1
+        return mask if mask.shape[0] == t else None
+
+    def _arrows_for(self, done: ScaleDone) -> display.ArrowSet:
+        info = sequence_info(self._state.image_layer) if self._state.image_layer is not None else {}
+        return display.arrows_for_scale(
+            done.field, done.scale_index,
+            arrows_per_frame=self.arrows.value(), mask=self._mask(),
+            frame_interval_s=info.get("frame_interval_s"), pixel_spacing_mm=info.get("pixel_spacing_mm"),
+        )
+
+    # ------------------------------------------------------------------ run events
+    def clear(self, *_) -> None:
+        """A new run starts: its arrows will replace the previous run's (same layer)."""
+        self._arrows = []
+        layer = find_role(self._viewer, ROLE_VECTORS)
+        if layer is not None:
+            self._viewer.layers.remove(layer)
+
+    def add_scale(self, done: ScaleDone) -> None:
+        """Show a finished scale at once and move the scale slider to it."""
+        self._arrows.append(self._arrows_for(done))
+        self._update_layer()
+        self._viewer.dims.set_current_step(0, done.scale_index)
+
+    def rebuild(self, *_) -> None:
+        self._remember()
+        if not self._state.done:
+            return
+        self._arrows = [self._arrows_for(d) for d in self._state.done]
+        self._update_layer()
+
+    def _restyle(self, *_) -> None:
+        self._remember()
+        layer = find_role(self._viewer, ROLE_VECTORS)
+        if layer is not None:
+            layer.length = self.length.value()
+            layer.edge_width = self.width.value()
+
+    # ------------------------------------------------------------------ layer
+    def vectors_layer(self):
+        return find_role(self._viewer, ROLE_VECTORS)
+
+    def _update_layer(self) -> None:
+        arrows = display.concat_arrows(self._arrows)
+        image = self._state.image_layer
+        info = sequence_info(image) if image is not None else {}
+        units = display.speed_units(info.get("frame_interval_s"), info.get("pixel_spacing_mm"))
+        vmax = float(np.percentile(arrows.speed, 99)) if len(arrows) else 1.0
+        vmax = vmax if vmax > 0 else 1.0
+        extra = {}
+        if image is not None:
+            extra = {
+                "scale": (1.0, *image.scale[-3:]),
+                "translate": (0.0, *image.translate[-3:]),
+                "units": ("pixel", *[str(u) for u in image.units[-3:]]),
+            }
+        layer = put_layer(
+            self._viewer, ROLE_VECTORS, "vectors", arrows.data,
+            name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=COLORMAP,
+            edge_contrast_limits=(0.0, vmax), length=self.length.value(), edge_width=self.width.value(),
+            vector_style="arrow", opacity=1.0, axis_labels=("scale", "t", "y", "x"),
+            metadata={"speed_units": units}, **extra,
+        )
+        layer.features = arrows.features
+        layer.edge_color = "speed"
+        layer.edge_contrast_limits = (0.0, vmax)
+        layer.metadata["speed_units"] = units
+        layer.metadata["scales"] = tuple(d.scale for d in self._state.done)
+        labels = list(self._viewer.dims.axis_labels)
+        if len(labels) == 4:
+            labels[0] = "scale"
+            self._viewer.dims.axis_labels = labels
+        self._describe(vmax, units)
+
+    def _describe(self, vmax: float, units: str) -> None:
+        scales = ", ".join(f"{k}: {d.scale:g}" for k, d in enumerate(self._state.done))
+        self.legend_text.setText(
+            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}). Scale slider (first axis) {scales}."
+        )
+
+    def _paint_legend(self) -> None:
+        colours = ensure_colormap(COLORMAP).map(np.linspace(0, 1, 9))
+        stops = ", ".join(
+            f"stop:{i / 8:.3f} rgb({int(255 * c[0])}, {int(255 * c[1])}, {int(255 * c[2])})" for i, c in enumerate(colours)
+        )
+        self.legend.setStyleSheet(f"background: qlineargradient(x1:0, y1:0, x2:1, y2:0, {stops}); border-radius: 2px;")

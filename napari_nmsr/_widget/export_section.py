@@ -1,0 +1,191 @@
+"""Section 6, Export: track the contour, and save contours, fields, masks, PNG/MP4 of the quiver.
+
+Every ``save_*`` method takes the target path (the buttons ask for it with a
+file dialog) and writes atomically through ``core.export`` /
+``RegistrationResult.save``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFileDialog, QGridLayout, QGroupBox, QLabel, QPushButton
+
+from napari_nmsr._writer import contours_from_points
+from napari_nmsr.core.errors import NMSRError
+from napari_nmsr.core.export import atomic_write, save_contours_csv, save_contours_json, save_masks
+from napari_nmsr.core.tracking import track_points, tracking_report
+
+from .layers import ROLE_MASKS, ROLE_POINTS, ROLE_TRACKED, ROLE_VECTORS, find_role, placed_like, put_layer
+from .state import WorkflowState, sequence_info
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ExportSection"]
+
+
+class ExportSection(QGroupBox):
+    """Buttons for the tracked contour and every file the workflow produces."""
+
+    def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
+        super().__init__("6. Track and export", parent)
+        self._viewer = viewer
+        self._state = state
+        self.track_button = QPushButton("Track the ED contour through the field")
+        self.track_button.setToolTip("Follow the refined ED outline through the shown scale's field (Lagrangian)")
+        self.contours_button = QPushButton("Contours (CSV/JSON)...")
+        self.fields_button = QPushButton("Fields (NPZ)...")
+        self.masks_button = QPushButton("Masks (TIFF)...")
+        self.png_button = QPushButton("Quiver (PNG)...")
+        self.movie_button = QPushButton("Quiver (MP4)...")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        grid = QGridLayout(self)
+        grid.addWidget(self.track_button, 0, 0, 1, 2)
+        grid.addWidget(self.contours_button, 1, 0)
+        grid.addWidget(self.fields_button, 1, 1)
+        grid.addWidget(self.masks_button, 2, 0)
+        grid.addWidget(self.png_button, 2, 1)
+        grid.addWidget(self.movie_button, 3, 0)
+        grid.addWidget(self.status, 4, 0, 1, 2)
+        self.track_button.clicked.connect(self.track_contour)
+        self.contours_button.clicked.connect(lambda: self._ask("contours", "Contours (*.csv *.json)", self.save_contours))
+        self.fields_button.clicked.connect(lambda: self._ask("fields", "NMSR result (*.npz)", self.save_fields))
+        self.masks_button.clicked.connect(lambda: self._ask("masks", "TIFF (*.tif *.tiff);;NumPy (*.npy)", self.save_masks))
+        self.png_button.clicked.connect(lambda: self._ask("quiver", "PNG image (*.png)", self.save_png))
+        self.movie_button.clicked.connect(lambda: self._ask("quiver", "MP4 movie (*.mp4)", self.save_movie))
+
+    def _ask(self, stem: str, filters: str, action) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save", stem, filters)
+        if path:
+            self._guarded(action, path)
+
+    def _guarded(self, action, path):
+        try:
+            out = action(path)
+        except (NMSRError, ValueError, OSError) as exc:
+            show_error(str(exc))
+            return None
+        if out is not None:
+            self.status.setText(f"Saved {Path(out).name}")
+            show_info(f"Saved {out}")
+        return out
+
+    # ------------------------------------------------------------------ tracking
+    def shown_scale_index(self) -> int:
+        """The scale on the scale slider (the last finished one when unsure)."""
+        n = len(self._state.done)
+        if n == 0:
+            raise ValueError("Run a registration first (3. Registration).")
+        if find_role(self._viewer, ROLE_VECTORS) is None or self._viewer.dims.ndim < 4:
+            return n - 1
+        return int(np.clip(self._viewer.dims.current_step[0], 0, n - 1))
+
+    def _ed_contour(self) -> tuple[int, np.ndarray]:
+        points = find_role(self._viewer, ROLE_POINTS)
+        if points is None or not self._state.ed_frames:
+            raise ValueError("Mark ED and press 'Refine (active contour)' in 2. Masks to get the contour to track.")
+        feats = points.features
+        data = np.asarray(points.data)
+        t = self._state.ed_frames[0]
+        rows = (feats["phase"] == "ED") & (feats["contour"] == "inner") & (np.round(data[:, 0]) == t)
+        rows = np.flatnonzero(rows)
+        rows = rows[np.argsort(np.asarray(feats["point"])[rows], kind="stable")]
+        if not len(rows):
+            raise ValueError(f"No refined ED contour on frame {t}: press 'Refine (active contour)' again.")
+        return t, data[rows, 1:]
+
+    def track_contour(self):
+        """Track the ED contour (Lagrangian) through the shown scale: a Points layer (t, y, x)."""
+        try:
+            k = self.shown_scale_index()
+            start, contour = self._ed_contour()
+            field = self._state.done[k].field
+            tracked = track_points(field, contour, start)
+        except (NMSRError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        n_frames, n = tracked.positions.shape[:2]
+        data = np.concatenate([np.column_stack([np.full(n, t), tracked.positions[t]]) for t in range(n_frames)])
+        image = self._state.image_layer
+        info = sequence_info(image)
+        layer = put_layer(
+            self._viewer, ROLE_TRACKED, "points", data.astype(np.float32),
+            name="NMSR tracked contour", **placed_like(image),
+            size=max(1.5, image.data.shape[-1] / 90), face_color="cyan", border_width=0,
+        )
+        layer.features = {"point": np.tile(np.arange(n), n_frames), "outside": tracked.outside.ravel()}
+        layer.metadata.update({"pixel_spacing_mm": info["pixel_spacing_mm"], "scale": self._state.done[k].scale})
+        self._report(tracked)
+        return layer
+
+    def _report(self, tracked) -> None:
+        masks = find_role(self._viewer, ROLE_MASKS)
+        reference = None if masks is None else masks.metadata.get("inner_contours")
+        text = f"Tracked {tracked.positions.shape[1]} points over {tracked.positions.shape[0]} frames"
+        if reference is not None and np.shape(reference) == tracked.positions.shape:
+            report = tracking_report(tracked, reference)
+            text += f"; distance to the interpolated outline: mean {np.mean(report['mean']):.2f} px"
+        if tracked.outside.any():
+            show_warning("Some tracked points left the image; they are flagged 'outside' in the export.")
+        self.status.setText(text)
+
+    # ------------------------------------------------------------------ files
+    def save_contours(self, path: str) -> Path:
+        layer = find_role(self._viewer, ROLE_TRACKED)
+        if layer is None:
+            raise ValueError("Track the ED contour first (button above).")
+        state = {"features": layer.features, "metadata": layer.metadata}
+        contours, outside, first = contours_from_points(layer.data, state)
+        spacing = layer.metadata.get("pixel_spacing_mm")
+        if Path(path).suffix.lower() == ".json":
+            meta = {"scale": layer.metadata.get("scale"), "software": "napari-nmsr"}
+            return save_contours_json(path, contours, outside=outside, pixel_spacing_mm=spacing, first_frame=first, metadata=meta)
+        if Path(path).suffix.lower() != ".csv":
+            path = str(Path(path).with_suffix(".csv"))
+        return save_contours_csv(path, contours, outside=outside, pixel_spacing_mm=spacing, first_frame=first)
+
+    def save_fields(self, path: str) -> Path:
+        if self._state.result is None:
+            raise ValueError("No finished registration to save yet.")
+        return self._state.result.save(path)
+
+    def save_masks(self, path: str) -> Path:
+        layer = find_role(self._viewer, ROLE_MASKS)
+        if layer is None:
+            raise ValueError("No masks yet: press 'Interpolate over the cycle' in 2. Masks.")
+        if Path(path).suffix.lower() not in (".tif", ".tiff", ".npy"):
+            path = str(Path(path).with_suffix(".tif"))
+        return save_masks(path, np.asarray(layer.data))
+
+    def save_png(self, path: str) -> Path:
+        """The canvas as shown (image, masks, quiver) as a PNG."""
+        import imageio.v3 as iio
+
+        shot = self._viewer.screenshot(canvas_only=True, flash=False)
+        return atomic_write(path, lambda tmp: iio.imwrite(tmp, shot, extension=".png"))
+
+    def save_movie(self, path: str, fps: float = 8.0) -> Path:
+        """Step the time slider through every frame and write the canvas as an MP4."""
+        import imageio.v3 as iio
+
+        image = self._state.image_layer
+        if image is None:
+            raise ValueError("Choose an image layer in 1. Sequence first.")
+        dims = self._viewer.dims
+        axis = dims.ndim - image.ndim
+        before = dims.point[axis]
+        shots = []
+        try:
+            for t in range(image.data.shape[0]):
+                dims.set_point(axis, image.data_to_world([t, 0, 0])[0])
+                shots.append(self._viewer.screenshot(canvas_only=True, flash=False)[..., :3])
+        finally:
+            dims.set_point(axis, before)
+        h, w = (shots[0].shape[0] // 2) * 2, (shots[0].shape[1] // 2) * 2  # H.264 needs even sizes
+        movie = np.stack([s[:h, :w] for s in shots])
+        return atomic_write(path, lambda tmp: iio.imwrite(tmp, movie, extension=".mp4", fps=fps, codec="libx264"))

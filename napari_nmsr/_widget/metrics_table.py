@@ -1,0 +1,47 @@
+"""Per-scale quality table (MSE and mean CC, as the paper's Table 1), filled as scales finish."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from napari_nmsr.core.register import ScaleDone
+
+__all__ = ["MetricsTable", "COLUMNS"]
+
+COLUMNS = ("scale", "MSE", "mean CC", "steps", "time (s)")
+
+
+class MetricsTable(QTableWidget):
+    """One row per finished scale: mean +- sd over the frame pairs (inside the mask when used)."""
+
+    def __init__(self, parent=None):
+        super().__init__(0, len(COLUMNS), parent)
+        self.setHorizontalHeaderLabels(COLUMNS)
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.verticalHeader().setVisible(False)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.horizontalHeader().setStretchLastSection(True)
+        self.setMinimumHeight(90)
+        self.setToolTip("MSE and mean local correlation between each warped frame and the next (higher CC is better)")
+
+    def clear_rows(self, *_) -> None:
+        self.setRowCount(0)
+
+    def add_scale(self, done: ScaleDone) -> None:
+        mse, cc = np.asarray(done.mse, float), np.asarray(done.mean_cc, float)
+        cells = (
+            f"{done.scale:g}",
+            f"{mse.mean():.2e} ± {mse.std():.1e}",
+            f"{cc.mean():.3f} ± {cc.std():.3f}",
+            str(done.steps_run),
+            f"{done.seconds:.1f}",
+        )
+        row = self.rowCount()
+        self.insertRow(row)
+        for col, text in enumerate(cells):
+            self.setItem(row, col, QTableWidgetItem(text))
+
+    def rows(self) -> list[list[str]]:
+        """The table as text (for tests and copying)."""
+        return [[self.item(r, c).text() for c in range(self.columnCount())] for r in range(self.rowCount())]

@@ -1,0 +1,348 @@
+"""Section 3, Registration: settings, Run / Cancel, progress.
+
+The run is the engine's generator in a napari ``thread_worker``
+(:mod:`.worker`): the viewer stays live, Cancel (``worker.quit()``) takes
+effect at the next optimisation step, and every finished scale is handed on
+(:attr:`RegistrationSection.scale_done`) as soon as it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QWidget,
+)
+
+from napari_nmsr.core.device import available_devices, describe_device, pick_device
+from napari_nmsr.core.errors import DeviceMemoryError, NMSRError
+from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, ScaleDone
+from napari_nmsr.core.result import RegistrationResult
+
+from .layers import ROLE_MASKS, find_role
+from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info
+from .worker import start_registration_worker, stop_worker
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["RegistrationSection", "VARIANT_LABELS", "STEP_PRESETS"]
+
+VARIANT_LABELS = {
+    "nmsr_vi": "NMSR-VI (multi-scale, weights carried on)",
+    "nmsr_ms": "multi-scale (new network per scale)",
+    "nmsr": "NMSR (one scale)",
+    "nmsr_v": "NMSR-V (pre-trained weights file)",
+}
+
+#: Steps per scale, coarse to fine. "quick" shows a field on the sample data in
+#: about a minute on a laptop CPU; "cpu" is the engine's benchmark-tuned budget.
+STEP_PRESETS = {
+    "quick": (60, 50, 40, 30),
+    "cpu": tuple(PRESETS["cpu"]["steps"]),
+    "paper": tuple(PRESETS["paper"]["steps"]),
+}
+
+_DEFAULTS = {"variant": "nmsr_vi", "scales": "0.125, 0.25, 0.5, 1", "preset": "quick", "device": "auto", "use_mask": True}
+
+
+def _numbers(text: str, kind=float) -> tuple:
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    return tuple(kind(p) for p in parts)
+
+
+class RegistrationSection(QGroupBox):
+    """Settings, Run and Cancel, a progress bar and a status line."""
+
+    run_started = Signal(object)  # the RegistrationConfig
+    scale_done = Signal(object)  # ScaleDone
+    run_finished = Signal(object)  # RegistrationResult (possibly partial) or None on error
+
+    def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
+        super().__init__("3. Registration", parent)
+        self._viewer = viewer
+        self._state = state
+        self.worker = None
+        self._pbar = None
+        self._cancelled = False
+        self._failed = False
+        self._config: RegistrationConfig | None = None
+        self._cancel_requested_at: float | None = None
+        self.last_stop_seconds: float | None = None  # Cancel -> thread returned
+
+        self.variant = QComboBox()
+        for key, label in VARIANT_LABELS.items():
+            self.variant.addItem(label, key)
+        self.scales = QLineEdit()
+        self.scales.setToolTip("Image scales, coarse to fine (fractions of the full size)")
+        self.preset = QComboBox()
+        for key in (*STEP_PRESETS, "custom"):
+            self.preset.addItem(key, key)
+        self.steps = QLineEdit()
+        self.steps.setToolTip("Optimisation steps per scale: one number, or one per scale (coarse to fine)")
+        self.weights = QLineEdit()
+        self.weights.setPlaceholderText("weights file from `nmsr train` (NMSR-V only)")
+        self.weights_button = QPushButton("...")
+        self.device = QComboBox()
+        detected = describe_device(pick_device("auto"))
+        self.device.addItem(f"auto: {detected}", "auto")
+        for dev in available_devices():
+            self.device.addItem(dev.upper() if dev != "mps" else "Apple MPS", dev)
+        self.use_mask = QCheckBox("Only inside the masks (2. Masks)")
+        self.use_mask.setToolTip("Restrict the loss and the metrics to the per-frame masks, as in the paper")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.status = QLabel(f"Detected device: {detected}")
+        self.status.setWordWrap(True)
+
+        weights_row = QWidget()
+        wl = QHBoxLayout(weights_row)
+        wl.setContentsMargins(0, 0, 0, 0)
+        wl.addWidget(self.weights)
+        wl.addWidget(self.weights_button)
+        buttons = QWidget()
+        bl = QHBoxLayout(buttons)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.addWidget(self.run_button)
+        bl.addWidget(self.cancel_button)
+        form = QFormLayout(self)
+        form.addRow("Variant", self.variant)
+        form.addRow("Weights", weights_row)
+        form.addRow("Scales", self.scales)
+        form.addRow("Steps preset", self.preset)
+        form.addRow("Steps per scale", self.steps)
+        form.addRow("Device", self.device)
+        form.addRow(self.use_mask)
+        form.addRow(buttons)
+        form.addRow(self.bar)
+        form.addRow(self.status)
+
+        self._restore()
+        self.variant.currentIndexChanged.connect(self._on_variant)
+        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.steps.textEdited.connect(lambda _: self.preset.setCurrentIndex(self.preset.findData("custom")))
+        self.weights_button.clicked.connect(self._pick_weights)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._on_variant()
+
+    # ------------------------------------------------------------------ settings
+    def _restore(self) -> None:
+        s = {**_DEFAULTS, **SESSION_SETTINGS.get("registration", {})}
+        self.variant.setCurrentIndex(max(0, self.variant.findData(s["variant"])))
+        self.scales.setText(s["scales"])
+        self.preset.setCurrentIndex(max(0, self.preset.findData(s["preset"])))
+        self.steps.setText(s.get("steps") or ", ".join(str(n) for n in STEP_PRESETS[s["preset"]]))
+        self.device.setCurrentIndex(max(0, self.device.findData(s["device"])))
+        self.weights.setText(s.get("weights", ""))
+        self.use_mask.setChecked(bool(s["use_mask"]))
+
+    def _remember(self) -> None:
+        SESSION_SETTINGS["registration"] = {
+            "variant": self.variant.currentData(),
+            "scales": self.scales.text(),
+            "preset": self.preset.currentData(),
+            "steps": self.steps.text(),
+            "device": self.device.currentData(),
+            "weights": self.weights.text(),
+            "use_mask": self.use_mask.isChecked(),
+        }
+
+    def _on_variant(self, *_):
+        is_v = self.variant.currentData() == "nmsr_v"
+        self.weights.setEnabled(is_v)
+        self.weights_button.setEnabled(is_v)
+
+    def _on_preset(self, *_):
+        key = self.preset.currentData()
+        if key in STEP_PRESETS:
+            self.steps.setText(", ".join(str(n) for n in STEP_PRESETS[key]))
+
+    def _pick_weights(self):
+        path, _ = QFileDialog.getOpenFileName(self, "NMSR-V weights", "", "Weights (*.pt *.pth *.npz);;All files (*)")
+        if path:
+            self.weights.setText(path)
+
+    def config(self) -> RegistrationConfig:
+        """The settings as an engine config; ValueError with a readable message when invalid."""
+        try:
+            scales = _numbers(self.scales.text(), float)
+        except ValueError:
+            raise ValueError(f"Scales must be numbers separated by commas, e.g. 0.25, 0.5, 1 (got '{self.scales.text()}')")
+        try:
+            steps = _numbers(self.steps.text(), int)
+        except ValueError:
+            raise ValueError(f"Steps must be whole numbers separated by commas (got '{self.steps.text()}')")
+        if not steps or min(steps) < 1:
+            raise ValueError("Give at least one optimisation step per scale")
+        kwargs = {}
+        if self.preset.currentData() == "paper":
+            kwargs["patience"] = PRESETS["paper"].get("patience", 0)
+        return RegistrationConfig(
+            variant=self.variant.currentData(),
+            scales=scales,
+            steps=steps[0] if len(steps) == 1 else steps,
+            device=self.device.currentData(),
+            weights=self.weights.text().strip() or None,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self):
+        """Start a run; refused (with a message) while one is going. Returns the worker or None."""
+        if self.running:
+            show_warning("A registration is already running: press Cancel first, then Run again.")
+            return None
+        image = self._state.image_layer
+        if image is None:
+            show_warning("Choose an image layer in 1. Sequence first.")
+            return None
+        try:
+            config = self.config()
+            frames = frames_from_layer(image)
+            mask = self._mask(frames.shape)
+        except (ValueError, NMSRError) as exc:
+            show_error(str(exc))
+            return None
+        self._remember()
+        self._config = config
+        self._cancelled = self._failed = False
+        self._cancel_requested_at = None
+        self._state.clear_run()
+        self._state.run_mask = mask
+        self._info = sequence_info(image)
+        self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales))))
+        self._pbar = progress(total=self._total_steps, desc="NMSR registration")
+        self.bar.setValue(0)
+        self.status.setText("Starting ...")
+        self.run_button.setText("Running ...")
+        self.cancel_button.setEnabled(True)
+        self.run_started.emit(config)
+        self.worker = start_registration_worker(
+            frames, mask, config,
+            on_progress=self._on_progress, on_scale=self._on_scale,
+            on_error=self._on_error, on_finished=self._on_finished,
+        )
+        return self.worker
+
+    def _mask(self, shape) -> np.ndarray | None:
+        if not self.use_mask.isChecked():
+            return None
+        layer = find_role(self._viewer, ROLE_MASKS)
+        if layer is None:
+            return None
+        mask = np.asarray(layer.data) > 0
+        if mask.shape != tuple(shape):
+            raise ValueError(
+                f"The masks layer '{layer.name}' is {mask.shape} but the sequence is {tuple(shape)}: "
+                "interpolate the masks again for this sequence, or untick 'Only inside the masks'."
+            )
+        return mask
+
+    def cancel(self) -> None:
+        """Ask the run to stop at the current step (no waiting here); finished scales stay."""
+        if not self.running:
+            return
+        self._cancelled = True
+        self._cancel_requested_at = time.perf_counter()
+        self.status.setText("Cancelling ...")
+        self.worker.quit()
+
+    def shutdown(self) -> None:
+        """Viewer closing: stop the worker and wait for its thread, quietly."""
+        worker = self.worker
+        if worker is None:
+            return
+        self._cancelled = True
+        for signal in (worker.yielded, worker.errored, worker.finished):
+            try:
+                signal.disconnect()
+            except (TypeError, RuntimeError):
+                pass
+        stop_worker(worker)
+        self.worker = None
+        self._close_pbar()
+
+    # ------------------------------------------------------------------ worker events (main thread)
+    def _on_progress(self, p: Progress) -> None:
+        self.bar.setValue(int(1000 * p.fraction))
+        self.status.setText(
+            f"Scale {p.scale_index + 1} of {p.n_scales} ({p.scale:g}) - step {p.step} of {p.n_steps} - loss {p.loss:.4f}"
+        )
+        if self._pbar is not None:
+            done = sum(self._config.steps_for(k) for k in range(p.scale_index)) + p.step
+            self._pbar.n = min(done, self._total_steps)
+            self._pbar.set_description(f"NMSR scale {p.scale_index + 1}/{p.n_scales}")
+            self._pbar.refresh()
+
+    def _on_scale(self, done: ScaleDone) -> None:
+        self._state.done.append(done)
+        self.scale_done.emit(done)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._failed = True
+        if isinstance(exc, DeviceMemoryError):
+            show_error(f"Out of memory: {exc}")
+        elif isinstance(exc, (NMSRError, ValueError)):
+            show_error(str(exc))
+        else:
+            show_error(f"Registration failed ({type(exc).__name__}): {exc}")
+
+    def _on_finished(self) -> None:
+        if self._cancel_requested_at is not None:
+            self.last_stop_seconds = time.perf_counter() - self._cancel_requested_at
+        self.worker = None
+        self._close_pbar()
+        self.run_button.setText("Run")
+        self.cancel_button.setEnabled(False)
+        done = self._state.done
+        if self._failed and not done:
+            self.status.setText("Failed: see the notification")
+            self.run_finished.emit(None)
+            return
+        info = self._info
+        result = RegistrationResult.from_scales(
+            done,
+            config=self._config.to_dict(),
+            cancelled=self._cancelled or self._failed or len(done) < len(self._config.effective_scales),
+            frame_interval_s=info["frame_interval_s"],
+            pixel_spacing_mm=info["pixel_spacing_mm"],
+            device=describe_device(pick_device(self._config.device)),
+        )
+        self._state.result = result
+        if result.cancelled:
+            self.status.setText(f"Stopped: {len(done)} of {len(self._config.effective_scales)} scales finished and kept")
+            show_info(self.status.text())
+        else:
+            self.bar.setValue(1000)
+            seconds = float(np.sum(result.seconds)) if result.seconds is not None else 0.0
+            self.status.setText(f"Done: {len(done)} scales in {seconds:.0f} s on {result.device}")
+        self.run_finished.emit(result)
+
+    def _close_pbar(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None

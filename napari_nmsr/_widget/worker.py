@@ -1,0 +1,75 @@
+"""The registration in a napari ``thread_worker`` (a generator worker).
+
+The engine's :func:`~napari_nmsr.core.register.register_iter` yields at every
+optimisation step; the worker forwards each event to the main thread, and
+``worker.quit()`` is honoured at the next yield, i.e. within one step.
+Nothing here touches layers: the panel connects ``yielded`` to its handlers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+from napari.qt.threading import create_worker
+
+from napari_nmsr.core.register import Progress, RegistrationConfig, ScaleDone, register_iter
+
+if TYPE_CHECKING:
+    import numpy as np
+    from napari.qt.threading import GeneratorWorker
+
+__all__ = ["registration_events", "start_registration_worker", "stop_worker"]
+
+
+def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
+    """Generator run in the worker thread: the engine's events, unchanged."""
+    yield from register_iter(frames, mask, config)
+
+
+def start_registration_worker(
+    frames: "np.ndarray",
+    mask: "np.ndarray | None",
+    config: RegistrationConfig,
+    *,
+    on_progress: Callable[[Progress], None],
+    on_scale: Callable[[ScaleDone], None],
+    on_error: Callable[[BaseException], None],
+    on_finished: Callable[[], None],
+) -> "GeneratorWorker":
+    """Create, connect and start the worker; returns it (keep it to cancel).
+
+    Errors are delivered to ``on_error`` (never re-raised in the event loop);
+    ``on_finished`` runs after success, cancellation and errors alike.
+    """
+    worker = create_worker(registration_events, frames, mask, config, _start_thread=False, _ignore_errors=True)
+
+    def dispatch(event):
+        if isinstance(event, ScaleDone):
+            on_scale(event)
+        elif isinstance(event, Progress):
+            on_progress(event)
+
+    worker.yielded.connect(dispatch)
+    worker.errored.connect(on_error)
+    worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+def stop_worker(worker: "GeneratorWorker | None", timeout_s: float = 5.0) -> bool:
+    """Ask ``worker`` to stop and wait (without the event loop) until its thread returns.
+
+    Returns True when the thread is no longer running. Used by Cancel and when
+    the viewer closes, so that no thread outlives the window.
+    """
+    if worker is None:
+        return True
+    try:
+        worker.quit()
+    except RuntimeError:  # the underlying QObject is already gone
+        return True
+    deadline = time.perf_counter() + timeout_s
+    while worker.is_running and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    return not worker.is_running

@@ -1,0 +1,126 @@
+"""The workflow dock widget: the sections in order, wired together.
+
+Sequence -> Masks -> Registration -> Display (+ per-scale quality table)
+-> [Analysis, when ``analysis_section`` is installed] -> Track and export.
+The panel only wires signals; each section gathers its parameters and calls
+``napari_nmsr.core``. It stops its worker and unbinds its viewer events when
+the panel or the viewer window closes, so no thread outlives the window.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+
+from .display_section import DisplaySection
+from .export_section import ExportSection
+from .layers import ROLE_VECTORS, find_role
+from .mask_section import MaskSection
+from .metrics_table import MetricsTable
+from .registration_section import RegistrationSection
+from .sequence_section import SequenceSection
+from .state import WorkflowState
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["WorkflowWidget"]
+
+
+class WorkflowWidget(QWidget):
+    """NMSR dense tracking, from an opened sequence to exported contours and fields."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = WorkflowState()
+        self._watched: QObject | None = None
+        self._closed = False
+
+        self.sequence = SequenceSection(napari_viewer, self.state)
+        self.masks = MaskSection(napari_viewer, self.state)
+        self.registration = RegistrationSection(napari_viewer, self.state)
+        self.display = DisplaySection(napari_viewer, self.state)
+        self.metrics = MetricsTable()
+        quality = QGroupBox("Quality per scale (paper Table 1)")
+        QVBoxLayout(quality).addWidget(self.metrics)
+        self.analysis = _optional_analysis_section(napari_viewer, self.state)
+        self.export = ExportSection(napari_viewer, self.state)
+
+        body = QWidget()
+        column = QVBoxLayout(body)
+        for section in (self.sequence, self.masks, self.registration, self.display, quality, self.analysis, self.export):
+            if section is not None:
+                column.addWidget(section)
+        column.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        for combo in body.findChildren(QComboBox):  # long layer names must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(340)
+
+        self.sequence.layer_changed.connect(self.masks.on_layer_changed)
+        self.registration.run_started.connect(self.display.clear)
+        self.registration.run_started.connect(self.metrics.clear_rows)
+        self.registration.scale_done.connect(self.display.add_scale)
+        self.registration.scale_done.connect(self.metrics.add_scale)
+        self.registration.run_finished.connect(self._on_run_finished)
+        self.masks.on_layer_changed(self.state.image_layer)
+
+    # ------------------------------------------------------------------ wiring
+    def _on_run_finished(self, result) -> None:
+        """Attach the (possibly partial) result to the quiver layer, for the NPZ writer."""
+        layer = find_role(self.viewer, ROLE_VECTORS)
+        if layer is not None and result is not None:
+            layer.metadata["nmsr_result"] = result
+        if self.analysis is not None and hasattr(self.analysis, "on_result"):
+            self.analysis.on_result(result)
+
+    # ------------------------------------------------------------------ lifetime
+    def showEvent(self, event) -> None:
+        """Watch the window we are docked in, to stop the run when it closes."""
+        window = self.window()
+        if window is not self and window is not self._watched:
+            if self._watched is not None:
+                self._watched.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._watched = window
+        super().showEvent(event)
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self._watched and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def closeEvent(self, event) -> None:
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Stop a running registration (waits for its thread) and unbind viewer events."""
+        if self._closed:
+            return
+        self._closed = True
+        self.registration.shutdown()
+        self.sequence.disconnect_viewer()
+        if self._watched is not None:
+            self._watched.removeEventFilter(self)
+            self._watched = None
+
+
+def _optional_analysis_section(viewer, state):
+    """The Analysis section (issue 5) when its module exists; None until then."""
+    if importlib.util.find_spec(f"{__package__}.analysis_section") is None:
+        return None
+    from .analysis_section import AnalysisSection
+
+    return AnalysisSection(viewer, state)
