@@ -5,7 +5,8 @@ Computes ``napari_nmsr.core.analysis`` on the chosen scale of the last run
 
 * a map Image layer (vorticity, or radial / circumferential / principal
   strain) placed UNDER the quiver, diverging colormap (red = counter-
-  clockwise as seen / lengthening, blue = clockwise / shortening);
+  clockwise as seen / lengthening, blue = clockwise / shortening, zero
+  transparent so the echo shows through);
 * every vortex centre as a Points layer and the main vortex's path as a
   Tracks layer (axes t, y, x; pair t is drawn on frame t+1 like the arrows);
 * one table row per frame pair, a small plot over time, and CSV export.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
     QPushButton, QTableWidget, QTableWidgetItem, QWidget,
@@ -41,6 +43,11 @@ MAPS = {
     "circumferential strain": ("ecc", "%"),
     "principal strain E1": ("e1", "%"),
 }
+#: Blue (negative) - transparent (0) - red (positive): zero and outside the mask let the echo show through.
+DIVERGING = Colormap(
+    colors=[[0.1, 0.3, 1.0, 1.0], [0.6, 0.7, 1.0, 0.6], [1.0, 1.0, 1.0, 0.0], [1.0, 0.6, 0.5, 0.6], [1.0, 0.15, 0.1, 1.0]],
+    controls=[0.0, 0.3, 0.5, 0.7, 1.0], name="nmsr_diverging",
+)
 #: (header, report key, format)
 TABLE_COLUMNS = (
     ("t", "t", "{:d}"), ("centre x", "vortex_centre_xy", "{:.1f}"), ("centre y", "vortex_centre_xy", "{:.1f}"),
@@ -206,8 +213,8 @@ class AnalysisSection(QGroupBox):
         data = map_stack(self.analysis, key)
         vmax = float(np.percentile(np.abs(data), 99.5)) or 1.0
         unit = unit.format(time=self.analysis.calibration.time_unit)
-        layer = put_layer(self._viewer, ROLE_MAP, "image", data, name=f"NMSR {label}", colormap="bwr",
-                          contrast_limits=(-vmax, vmax), opacity=0.6, blending="translucent", **self._placement())
+        layer = put_layer(self._viewer, ROLE_MAP, "image", data, name=f"NMSR {label}", colormap=DIVERGING,
+                          contrast_limits=(-vmax, vmax), opacity=0.8, blending="translucent", **self._placement())
         layer.name, layer.contrast_limits = f"NMSR {label} ({unit})", (-vmax, vmax)
         vec = find_role(self._viewer, ROLE_VECTORS)
         if vec is not None:
