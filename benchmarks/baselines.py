@@ -32,9 +32,12 @@ def zero(frames) -> np.ndarray:
     return np.zeros((t - 1, 2, h, w), np.float32)
 
 
-#: OpenCV Farneback settings: 5 pyramid levels (reach ~15 px), Gaussian window.
+#: OpenCV Farneback settings: 5 pyramid levels (reach ~15 px), box window
+#: (flags=0). On our simulated cases the box window is the stronger baseline
+#: (EPE 0.48/0.24/0.18/0.26 px vs 0.59/0.37/0.30/0.45 with the Gaussian one),
+#: so that is what NMSR is compared against.
 FARNEBACK = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=5, poly_n=7, poly_sigma=1.5,
-                 flags=None)
+                 flags=0)
 
 
 def farneback(frames, **overrides) -> np.ndarray:
@@ -53,8 +56,6 @@ def farneback(frames, **overrides) -> np.ndarray:
         raise BaselineUnavailable("opencv-python-headless is not installed") from exc
     frames = _check(frames)
     params = {**FARNEBACK, **overrides}
-    if params["flags"] is None:
-        params["flags"] = cv2.OPTFLOW_FARNEBACK_GAUSSIAN
     img = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)  # Farneback wants 8-bit
     out = np.empty((len(frames) - 1, 2) + frames.shape[1:], np.float32)
     for t in range(len(frames) - 1):
