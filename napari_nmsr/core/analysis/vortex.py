@@ -78,35 +78,35 @@ def gamma_criteria(motion: np.ndarray, mask: np.ndarray | None = None, radius: i
     r = int(radius)
     if r < 1:
         raise ValueError("the Gamma window radius must be at least 1 px")
-    v = np.asarray(motion, dtype=np.float64)
+    v = np.asarray(motion, dtype=np.float32)
     h, w = v.shape[-2:]
     m = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
-    mp = np.pad(m, r).astype(np.float64)
+    mp = np.pad(m, r).astype(np.float32)
     vp = np.pad(v, ((0, 0), (r, r), (r, r))) * mp
     offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
 
     # mean motion in the window (Gamma2's convection velocity), over in-mask points
-    vsum = np.zeros((2, h, w))
-    wsum = np.zeros((h, w))
+    vsum = np.zeros((2, h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
     for dy, dx in offsets:
         vsum += _shifted(vp, dy, dx, r)
         wsum += _shifted(mp, dy, dx, r)
     vmean = vsum / np.maximum(wsum, 1)
 
-    g1 = np.zeros((h, w))
-    g2 = np.zeros((h, w))
-    count = np.zeros((h, w))
+    g1 = np.zeros((h, w), np.float32)
+    g2 = np.zeros((h, w), np.float32)
+    count = np.zeros((h, w), np.float32)
     for dy, dx in offsets:
         if dy == 0 and dx == 0:
             continue
         vm = _shifted(vp, dy, dx, r)
         wm = _shifted(mp, dy, dx, r)
-        dist = np.hypot(dy, dx)
+        dist = np.float32(np.hypot(dy, dx))
         for acc, u in ((g1, vm), (g2, vm - vmean)):
             speed = np.hypot(u[0], u[1])
             cross = dy * u[1] - dx * u[0]  # on-screen CCW cross product (y down)
             ok = (speed > _EPS) & (wm > 0)
-            acc += np.where(ok, cross / np.maximum(dist * speed, _EPS), 0.0)
+            acc += np.divide(cross, dist * speed, out=np.zeros_like(cross), where=ok)
         count += wm
     n = np.maximum(count, 1)
     g1 = np.where(m, g1 / n, 0.0).astype(np.float32)
