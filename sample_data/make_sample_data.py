@@ -8,7 +8,8 @@ Writes, next to this script:
   ed_index, es_index; ed_mask, es_mask (H, W) bool; vortex_centres (T-1, 2)
   (y, x) px (NaN when the case has no vortex); frame_interval_s;
   pixel_spacing_mm (dy, dx); name; description.
-* vortex_frames.npy: the vortex frames alone (T, H, W) float32, for the CLI.
+* vortex_frames.npy, vortex_masks.npy: the vortex frames (T, H, W) float32 and
+  LV-cavity masks (T, H, W) bool alone, for the CLI.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ def save_case(name: str) -> np.ndarray:
         description=np.str_(seq.description),
     )
     _atomic(HERE / f"{name}.npz", lambda fh: np.savez_compressed(fh, **arrays))
-    return seq.frames
+    return seq
 
 
 def main() -> None:
-    frames = save_case("vortex")
+    vortex = save_case("vortex")
     save_case("myocardium")
-    _atomic(HERE / "vortex_frames.npy", lambda fh: np.save(fh, frames))
+    _atomic(HERE / "vortex_frames.npy", lambda fh: np.save(fh, vortex.frames))
+    _atomic(HERE / "vortex_masks.npy", lambda fh: np.save(fh, vortex.masks))
     for p in sorted(HERE.glob("*.np[yz]")):
         print(f"{p.name}: {p.stat().st_size / 1e6:.2f} MB")
 
