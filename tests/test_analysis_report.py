@@ -92,3 +92,18 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     junk.write_text("not an array")
     with pytest.raises(MaskError, match="mask file"):
         analyze_result(_result(), mask=junk)
+
+
+def test_backward_run_adds_consistency_numbers():
+    from napari_nmsr.core.analysis.analytic import rigid_rotation_field
+
+    def rot(angle):
+        f = np.stack([rigid_rotation_field(SHAPE, angle)] * 3)
+        z = np.zeros((1, 3))
+        return RegistrationResult(fields=f[None], scales=(1.0,), metrics={"mse": z, "mean_cc": z})
+
+    rep = analyze_result(rot(0.05), mask=_cavity(), backward=rot(-0.05))
+    assert all(p["consistency_error_mean"] < 0.01 for p in rep["pairs"])
+    bad = analyze_result(rot(0.05), mask=_cavity(), backward=rot(0.05))
+    assert all(p["consistency_error_mean"] > 0.5 for p in bad["pairs"])
+    assert rep["units"]["consistency_error_mean"] == "px"
