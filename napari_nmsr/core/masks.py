@@ -203,7 +203,7 @@ def correspond(contour_a, contour_b, n_points: int = N_POINTS):
 
 # --------------------------------------------------------------- snake -----
 def _edge_energy(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Edge strength of the smoothed image scaled to ~[0, 1] (speckle-robust, polarity-free)."""
+    """Edge strength of the smoothed image scaled to ~[0, 1] (polarity-free)."""
     e = sobel(gaussian(image, sigma, preserve_range=True))
     top = np.percentile(e, 99)
     return np.clip(e / top, 0.0, 1.0) if top > 0 else np.zeros_like(e)
@@ -235,18 +235,23 @@ def _snake(energy, points, held, **options):
     return out
 
 
-def snap_contour(image, mask, n_points: int = N_POINTS, *, sigmas=(4.0, 2.0), edge_weight: float = 0.1,
-                 alpha: float = 0.01, beta: float = 1.0, max_shift: float = 8.0,
+def snap_contour(image, mask, n_points: int = N_POINTS, *, sigmas=(3.0, 2.0), median_size: int = 5,
+                 edge_weight: float = 0.1, alpha: float = 0.01, beta: float = 3.0, max_shift: float = 8.0,
                  name: str = "mask") -> np.ndarray:
     """Snap a drawn mask's outline to the nearest strong border of ``image``.
 
-    image (H, W) float; mask (H, W) bool. The snake starts on the mask's
-    outline and runs once per smoothing scale in ``sigmas`` (pixels, coarse
-    first: the coarse pass reaches borders a few pixels away through speckle,
-    the fine pass settles on them). Edge strength, not brightness, attracts
-    it, so dark (B-mode) and bright (contrast) blood pools both work. Points
-    never move more than ``max_shift`` px from the drawing (warned). Returns
-    (n_points, 2) (y, x), normalised (see :func:`normalise_contour`).
+    image (H, W) float; mask (H, W) bool. The frame is median-filtered
+    (``median_size`` px: removes the dark holes of log-compressed speckle that
+    would trap the snake) and the snake, starting on the mask's outline, runs
+    once per Gaussian scale in ``sigmas`` (px, coarse first: the coarse pass
+    reaches a border a few px away, the fine pass settles on it; the coarse
+    sigma must stay below half the wall thickness or the two wall borders
+    merge). Edge strength, not brightness, attracts it, so dark (B-mode) and
+    bright (contrast) blood pools both work. Points on the image edge stay
+    there; no point moves more than ``max_shift`` px from the drawing
+    (warned). The defaults were tuned on speckle at 96-128 px
+    (benchmarks/bench_masks.py). Returns (n_points, 2) (y, x), normalised
+    (see :func:`normalise_contour`).
     """
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
@@ -261,8 +266,9 @@ def snap_contour(image, mask, n_points: int = N_POINTS, *, sigmas=(4.0, 2.0), ed
     h, w = img.shape
     held = np.minimum(np.minimum(drawn[:, 0], h - 1 - drawn[:, 0]), np.minimum(drawn[:, 1], w - 1 - drawn[:, 1])) < 0.5
     snake = drawn.copy()
+    despeckled = ndi.median_filter(img, size=int(median_size)) if median_size and median_size > 1 else img
     for sigma in sigmas:
-        energy = edge_weight * _edge_energy(img, float(sigma))
+        energy = edge_weight * _edge_energy(despeckled, float(sigma))
         snake = _snake(energy, snake, held, alpha=alpha, beta=beta, w_line=1.0, w_edge=0.0,
                        gamma=0.01, max_num_iter=2500)
     shift = snake - drawn
