@@ -89,6 +89,14 @@ def test_points_leaving_the_image_are_flagged_not_dropped():
     assert not tracked.outside[:, 1].any()
 
 
+def test_a_folding_field_warns_instead_of_tracking_silently_wrong():
+    yy, xx = np.mgrid[:H, :W].astype(np.float32)
+    # dy = -6 sin((y - c) / 2): slope -3 around the centre rows, so q + u(q) = p has no stable solution there
+    fold = np.stack([-6.0 * np.sin((yy - CENTRE[0]) / 2.0), np.zeros_like(xx)])[None].astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="folds"):
+        track_points(fold, ring(5), 0)
+
+
 def test_bad_tracking_input_is_rejected_clearly():
     fields = np.zeros((3, 2, H, W), np.float32)
     with pytest.raises(NMSRError, match="scale"):

@@ -19,6 +19,7 @@ frame, since nothing it does there is measured.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,8 @@ def _inside(p: np.ndarray, h: int, w: int) -> np.ndarray:
     return (p[:, 0] >= -eps) & (p[:, 0] <= h - 1 + eps) & (p[:, 1] >= -eps) & (p[:, 1] <= w - 1 + eps)
 
 
-def _invert_step(field: np.ndarray, p: np.ndarray, n_iter: int, tol: float) -> np.ndarray:
-    """Solve q + u(q) = p for q by fixed-point iteration."""
+def _invert_step(field: np.ndarray, p: np.ndarray, n_iter: int, tol: float, t: int) -> np.ndarray:
+    """Solve q + u(q) = p for q by fixed-point iteration (warns where it does not converge)."""
     q = p - sample_field(field, p.astype(np.float32))
     for _ in range(n_iter):
         q_new = p - sample_field(field, q.astype(np.float32))
@@ -66,6 +67,14 @@ def _invert_step(field: np.ndarray, p: np.ndarray, n_iter: int, tol: float) -> n
         q = q_new
         if done:
             break
+    residual = np.linalg.norm(q + sample_field(field, q.astype(np.float32)) - p, axis=1)
+    if np.any(residual > 0.1):
+        warnings.warn(
+            f"Tracking from frame {t} to {t + 1}: {int((residual > 0.1).sum())} point(s) could not be "
+            f"followed exactly (up to {residual.max():.1f} px off); the field folds there.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return q
 
 
@@ -91,7 +100,7 @@ def track_points(fields, points, start_frame: int, *, n_iter: int = 50, tol: flo
     pos[start_frame] = p0
     out[start_frame] = ~_inside(p0, h, w)
     for t in range(start_frame, T - 1):  # forward: invert u_t
-        pos[t + 1] = _invert_step(f[t], pos[t], n_iter, tol)
+        pos[t + 1] = _invert_step(f[t], pos[t], n_iter, tol, t)
         out[t + 1] = out[t] | ~_inside(pos[t + 1], h, w)
     for t in range(start_frame - 1, -1, -1):  # backward: follow u_t directly
         pos[t] = pos[t + 1] + sample_field(f[t], pos[t + 1].astype(np.float32))
