@@ -102,11 +102,22 @@ class DisplaySection(QGroupBox):
 
     # ------------------------------------------------------------------ run events
     def clear(self, *_) -> None:
-        """A new run starts: its arrows will replace the previous run's (same layer)."""
+        """A new run starts: empty the run's Vectors layer (made now if missing).
+
+        Making the layer when Run is pressed, not when the first scale
+        arrives, keeps napari's one-off costs of a new layer (vispy visual,
+        the features table) out of the running phase, where they would
+        freeze the viewer for a moment.
+        """
         self._arrows = []
-        layer = find_role(self._viewer, ROLE_VECTORS)
-        if layer is not None:
-            self._viewer.layers.remove(layer)
+        self._update_layer()
+
+    def finish(self, result) -> None:
+        """A run ended: drop the layer made at Run when no scale finished (error, early cancel)."""
+        if not self._arrows:
+            layer = find_role(self._viewer, ROLE_VECTORS)
+            if layer is not None:
+                self._viewer.layers.remove(layer)
 
     def add_scale(self, done: ScaleDone) -> None:
         """Show a finished scale at once and move the scale slider to it."""

@@ -28,6 +28,7 @@ __all__ = [
     "remove_role",
     "time_index",
     "placed_like",
+    "kind",
 ]
 
 ROLE_KEY = "nmsr_role"
@@ -53,7 +54,7 @@ def put_layer(viewer: "napari.Viewer", role: str, layer_type: str, data: Any, **
     the layer list) across re-runs. ``kwargs`` are used only when adding.
     """
     layer = find_role(viewer, role)
-    if layer is not None and layer._type_string == layer_type and _same_ndim(layer, data):
+    if layer is not None and kind(layer) == layer_type and _same_ndim(layer, data):
         layer.data = data
         return layer
     if layer is not None:
@@ -64,10 +65,17 @@ def put_layer(viewer: "napari.Viewer", role: str, layer_type: str, data: Any, **
     return adder(data, metadata=metadata, **kwargs)
 
 
+def kind(layer: "Layer") -> str:
+    """"image", "labels", "points", "vectors" ... (napari's layer class, lower case).
+
+    Works on the read-only proxies napari hands to plugin widgets, where
+    identity (``is``) and private attributes are not available.
+    """
+    return layer.__class__.__name__.lower()
+
+
 def _same_ndim(layer: "Layer", data: Any) -> bool:
-    if layer._type_string in ("vectors",):
-        return np.asarray(data).shape[-1] == layer.ndim
-    if layer._type_string in ("points",):
+    if kind(layer) in ("vectors", "points"):
         return np.asarray(data).shape[-1] == layer.ndim
     return np.ndim(data) == layer.ndim
 

@@ -83,6 +83,7 @@ class RegistrationSection(QGroupBox):
         self._failed = False
         self._config: RegistrationConfig | None = None
         self._cancel_requested_at: float | None = None
+        self._closed = False  # the panel is going away: ignore late worker events
         self.last_stop_seconds: float | None = None  # Cancel -> thread returned
 
         self.variant = QComboBox()
@@ -273,6 +274,7 @@ class RegistrationSection(QGroupBox):
 
     def shutdown(self) -> None:
         """Viewer closing: stop the worker and wait for its thread, quietly."""
+        self._closed = True
         worker = self.worker
         if worker is None:
             return
@@ -288,21 +290,29 @@ class RegistrationSection(QGroupBox):
 
     # ------------------------------------------------------------------ worker events (main thread)
     def _on_progress(self, p: Progress) -> None:
+        if self._closed:
+            return
         self.bar.setValue(int(1000 * p.fraction))
         self.status.setText(
             f"Scale {p.scale_index + 1} of {p.n_scales} ({p.scale:g}) - step {p.step} of {p.n_steps} - loss {p.loss:.4f}"
         )
-        if self._pbar is not None:
+        pbar = self._pbar  # napari's progress may run the event loop (and end the run) inside refresh
+        if pbar is not None:
             done = sum(self._config.steps_for(k) for k in range(p.scale_index)) + p.step
-            self._pbar.n = min(done, self._total_steps)
-            self._pbar.set_description(f"NMSR scale {p.scale_index + 1}/{p.n_scales}")
-            self._pbar.refresh()
+            pbar.n = min(done, self._total_steps)
+            if p.step == 1:
+                pbar.set_description(f"NMSR scale {p.scale_index + 1}/{p.n_scales}")
+            pbar.refresh()
 
     def _on_scale(self, done: ScaleDone) -> None:
+        if self._closed:
+            return
         self._state.done.append(done)
         self.scale_done.emit(done)
 
     def _on_error(self, exc: BaseException) -> None:
+        if self._closed:
+            return
         self._failed = True
         if isinstance(exc, DeviceMemoryError):
             show_error(f"Out of memory: {exc}")
@@ -312,6 +322,8 @@ class RegistrationSection(QGroupBox):
             show_error(f"Registration failed ({type(exc).__name__}): {exc}")
 
     def _on_finished(self) -> None:
+        if self._closed:
+            return
         if self._cancel_requested_at is not None:
             self.last_stop_seconds = time.perf_counter() - self._cancel_requested_at
         self.worker = None

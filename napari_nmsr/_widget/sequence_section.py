@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel
 
+from .layers import kind
 from .state import MODES, SESSION_SETTINGS, WorkflowState, sequence_info
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class SequenceSection(QGroupBox):
 
     # ------------------------------------------------------------------ layers
     def image_layers(self) -> list["Image"]:
-        return [lyr for lyr in self._viewer.layers if lyr._type_string == "image" and lyr.ndim >= 3]
+        return [lyr for lyr in self._viewer.layers if kind(lyr) == "image" and lyr.ndim >= 3]
 
     def refresh(self, event=None) -> None:
         """Rebuild the layer list; keep the current choice when it still exists."""
@@ -73,7 +74,7 @@ class SequenceSection(QGroupBox):
         if keep is not None:
             self.layer_combo.setCurrentIndex(layers.index(keep))
         self.layer_combo.blockSignals(False)
-        if keep is not current:
+        if keep != current:  # (napari hands plugins proxies: compare with ==, never `is`)
             self._set_layer(keep)
         else:
             self._describe(keep)

@@ -13,7 +13,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from .display_section import DisplaySection
 from .export_section import ExportSection
@@ -69,16 +69,19 @@ class WorkflowWidget(QWidget):
         self.setMinimumWidth(340)
 
         self.sequence.layer_changed.connect(self.masks.on_layer_changed)
+        self.registration.run_started.connect(self._watch_window)
         self.registration.run_started.connect(self.display.clear)
         self.registration.run_started.connect(self.metrics.clear_rows)
         self.registration.scale_done.connect(self.display.add_scale)
         self.registration.scale_done.connect(self.metrics.add_scale)
         self.registration.run_finished.connect(self._on_run_finished)
         self.masks.on_layer_changed(self.state.image_layer)
+        QApplication.instance().aboutToQuit.connect(self.shutdown)
 
     # ------------------------------------------------------------------ wiring
     def _on_run_finished(self, result) -> None:
         """Attach the (possibly partial) result to the quiver layer, for the NPZ writer."""
+        self.display.finish(result)
         layer = find_role(self.viewer, ROLE_VECTORS)
         if layer is not None and result is not None:
             layer.metadata["nmsr_result"] = result
@@ -87,14 +90,18 @@ class WorkflowWidget(QWidget):
 
     # ------------------------------------------------------------------ lifetime
     def showEvent(self, event) -> None:
-        """Watch the window we are docked in, to stop the run when it closes."""
+        self._watch_window()
+        super().showEvent(event)
+
+    def _watch_window(self, *_) -> None:
+        """Watch the window we are docked in (checked when shown and when a run starts),
+        to stop the run when it closes, shown or not."""
         window = self.window()
         if window is not self and window is not self._watched:
             if self._watched is not None:
                 self._watched.removeEventFilter(self)
             window.installEventFilter(self)
             self._watched = window
-        super().showEvent(event)
 
     def eventFilter(self, obj, event) -> bool:
         if obj is self._watched and event.type() == QEvent.Type.Close:
@@ -111,7 +118,13 @@ class WorkflowWidget(QWidget):
             return
         self._closed = True
         self.registration.shutdown()
+        if self.analysis is not None and hasattr(self.analysis, "shutdown"):
+            self.analysis.shutdown()
         self.sequence.disconnect_viewer()
+        try:
+            QApplication.instance().aboutToQuit.disconnect(self.shutdown)
+        except (TypeError, RuntimeError):
+            pass
         if self._watched is not None:
             self._watched.removeEventFilter(self)
             self._watched = None
