@@ -14,13 +14,14 @@ here, exact boundary and exact fields), and the project simulator's
 ``vortex`` case (``napari_nmsr.core.simulate``: scatterer speckle, contrast
 polarity, sinusoidal contraction, true fields and cavity masks).
 
-Measured (3 seeds, 128 px): ellipse snap 0.19 px mean (worst 0.23), Dice >=
-0.989, tracking error 0.000 px; simulator snap 1.05 px mean, Dice >= 0.954,
-tracked contour 0.17 px from the true outline. On the simulator the snapped
-border sits ~1 px outside the true one even from an exact drawing (the PSF
-blurs bright contrast blood outwards), and where the simulated wall texture
-is as bright as the blood the snake follows that visible edge (one case of
-18 at 2.4 px).
+Measured (3 seeds, 128 px): ellipse snap 0.23 px mean (worst 0.41), Dice >=
+0.983, tracking error 0.000 px; simulator snap 0.98 px mean (worst 2.10, 1 of
+18 cases over 1.5), Dice >= 0.962, tracked contour 0.17 px from the true
+outline. At --size 96 the ellipse still passes (0.22 px, Dice >= 0.979) but
+the simulator's 6-px wall is blurred by its fixed-size PSF into a ramp with
+no distinct inner border (snap 1.70 px mean, Dice >= 0.88). On the simulator
+the snapped border also sits ~0.5-1 px outside the true one even from an
+exact drawing: the PSF spreads the bright contrast blood outwards.
 """
 
 from __future__ import annotations
