@@ -64,6 +64,18 @@ def test_reader_npy_sequence_and_unknown_files(tmp_path):
         _reader.read_sequence(str(tmp_path / "broken.dcm"))
 
 
+def test_reader_opens_a_folder_of_frames(tmp_path):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(4)
+    for i in range(3):
+        iio.imwrite(tmp_path / f"frame_{i}.png", (rng.random((20, 24)) * 255).astype(np.uint8))
+    reader = _reader.napari_get_reader(str(tmp_path))
+    assert reader is _reader.read_sequence
+    data, kwargs, kind = reader(str(tmp_path))[0]
+    assert kind == "image" and data.shape == (3, 20, 24)
+
+
 @pytest.mark.skipif(not DICOM.is_file(), reason="shared real data not available")
 def test_reader_dicom_carries_frame_interval():
     reader = _reader.napari_get_reader(str(DICOM))

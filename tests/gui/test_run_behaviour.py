@@ -27,7 +27,9 @@ def _panel_with_small_sequence(make_napari_viewer, with_mask=True):
     viewer = make_napari_viewer()
     image, masks = add_small_sequence(viewer)
     if with_mask:
-        viewer.add_labels(masks.astype(np.uint8), scale=image.scale, name="NMSR masks", metadata={ROLE_KEY: "masks"})
+        viewer.add_labels(
+            masks.astype(np.uint8), scale=image.scale, units=image.units, name="NMSR masks", metadata={ROLE_KEY: "masks"}
+        )
     widget = open_panel(viewer)
     widget.sequence.select_layer(image)
     return viewer, widget

@@ -109,6 +109,10 @@ def test_workflow_end_to_end_on_the_vortex_sample(make_napari_viewer, qtbot, tmp
     import imageio.v3 as iio
 
     assert iio.imread(png).std() > 5
+    _go_to_frame(viewer, image, 5)
+    movie = iio.imread(widget.export.save_movie(str(tmp_path / "quiver.mp4")), plugin="pyav")
+    assert movie.shape[0] == 12 and movie.std() > 5  # one video frame per echo frame
+    assert image.world_to_data(viewer.dims.point)[0] == pytest.approx(5)  # the slider is put back
     # the manifest's NPZ writer saves the same result from the layer
     from napari_nmsr._writer import write_fields_npz
 
