@@ -60,7 +60,7 @@ VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
 #: Named step budgets. ``cpu``: tuned on the benchmark to be fast on a laptop;
 #: ``paper``: the paper's 3500 steps per scale (a GPU job).
 PRESETS = {
-    "cpu": {"steps": (150, 120, 100, 80)},
+    "cpu": {"steps": (400, 300, 100, 40)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0},
 }
 
