@@ -1,5 +1,7 @@
 """The whole workflow in a real viewer, on the sample data: open, mark, refine, interpolate, run, look, export."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -150,3 +152,38 @@ def test_dragged_point_changes_the_mask(make_napari_viewer):
     after = widget.masks.interpolate().data
     assert after[0].sum() < 0.7 * before[0].sum()
     assert len([lyr for lyr in viewer.layers if lyr.name.startswith("NMSR masks")]) == 1
+
+
+DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "echo-dicom-gdcm" / "US-PAL-8-10x-echo.dcm"
+
+
+@pytest.mark.skipif(not DICOM.is_file(), reason="shared real data not available")
+def test_file_open_real_dicom_and_the_panel_describes_it(make_napari_viewer):
+    from napari.errors import MultipleReaderError
+
+    viewer = make_napari_viewer()
+    # File > Open / drag-and-drop (plugin=None) offer napari-nmsr among the readers of .dcm ...
+    with pytest.raises(MultipleReaderError) as choice:
+        viewer.open(str(DICOM), plugin=None)
+    assert "napari-nmsr" in choice.value.available_plugins
+    # ... and the user's pick reads this RLE-compressed palette cine (napari's own reader cannot)
+    (layer,) = viewer.open(str(DICOM), plugin="napari-nmsr")
+    assert layer.data.shape == (10, 430, 600)
+    assert layer.scale[0] == pytest.approx(0.076)
+    assert str(layer.units[0]) == "second"
+    widget = open_panel(viewer)
+    assert widget.state.image_layer == layer
+    assert "76.0 ms/frame" in widget.sequence.info.text()
+    assert "pixel size unknown" in widget.sequence.info.text()
+
+
+def test_file_open_result_npz_shows_its_quiver(make_napari_viewer, tmp_path):
+    fields = np.random.default_rng(0).normal(0, 1, (2, 3, 2, 32, 32)).astype(np.float32)
+    path = RegistrationResult(
+        fields=fields, scales=(0.5, 1.0), metrics={"mse": np.ones((2, 3)), "mean_cc": np.ones((2, 3))},
+    ).save(tmp_path / "result.npz")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-nmsr")
+    assert layer.data.shape[1:] == (2, 4)
+    assert viewer.dims.axis_labels[0] == "scale"
+    assert isinstance(layer.metadata["nmsr_result"], RegistrationResult)
