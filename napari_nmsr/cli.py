@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--csv", help="also write one CSV row per frame pair")
     a.add_argument("--mask", help=".npy mask (T, H, W) or (H, W); default: whole frame")
     a.add_argument("--scale", type=int, default=-1, help="scale index to analyse (default: finest)")
+    a.add_argument("--backward", help="result of the REVERSED sequence (same scales): adds forward-backward consistency")
 
     i = sub.add_parser("info", help="describe a sequence or result file, and the compute devices")
     i.add_argument("path", nargs="?", help="a sequence or a result .npz")
@@ -183,11 +184,10 @@ def _is_frame_folder(p: Path) -> bool:
 
 
 def cmd_analyze(args) -> int:
-    from .core.analysis.report import analyze_result, write_csv, write_json
-    from .core.result import RegistrationResult
+    from .core.analysis.report import analyze_result, read_mask, write_csv, write_json
 
-    result = RegistrationResult.load(args.result)
-    report = analyze_result(result, mask=_load_mask(args.mask), scale_index=args.scale)
+    mask = read_mask(args.mask) if args.mask else None
+    report = analyze_result(args.result, mask=mask, scale_index=args.scale, backward=args.backward)
     write_json(report, args.json)
     print(f"wrote {args.json}")
     if args.csv:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from .convention import CONVENTION, motion_from_field
 from .errors import ResultFileError
+from .export import atomic_write
 
 __all__ = ["FORMAT_VERSION", "RegistrationResult"]
 
@@ -147,16 +147,7 @@ class RegistrationResult:
         if velocity is not None:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **payload)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegistrationResult":

@@ -11,7 +11,6 @@ dict per scale) are written to a ``.pt`` file that
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -21,6 +20,7 @@ import torch
 from .convention import compose
 from .device import pick_device
 from .errors import NMSRError
+from .export import atomic_write
 from .register import Progress, RegistrationConfig, ScaleData, optimise_scale, validate_frames
 from .unet import UNet
 
@@ -72,15 +72,7 @@ def train(
     }
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_write(out, lambda tmp: torch.save(payload, tmp))
 
 
 def load_weights(path: str | os.PathLike) -> dict:

@@ -44,12 +44,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MaskError, ResultFileError
+from ..export import atomic_write
 from ..result import RegistrationResult
 from .lv_geometry import region_extent, relative_position
 from .pipeline import Analysis, analyze_fields
@@ -232,18 +232,8 @@ def _summary(a: Analysis, pairs: list[dict]) -> dict:
 
 
 def _atomic_write(path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
 
 
 def write_json(report: dict, path) -> Path:
