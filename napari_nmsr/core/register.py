@@ -67,6 +67,11 @@ PRESETS = {
 # Smallest side of a coarse scale; below this the U-Net has nothing to see.
 MIN_SCALE_SIZE = 12
 
+# Pixels (pairs x h x w at the scale being optimised) per step by default.
+# On a CPU this keeps one step near a second, so Cancel answers quickly; a GPU
+# takes far more. Out-of-memory still halves the batch.
+PIXELS_PER_STEP = {"cpu": 2**19, "mps": 2**21, "cuda": 2**23}
+
 
 @dataclass
 class RegistrationConfig:
@@ -277,7 +282,7 @@ def register_iter(
     scales = config.effective_scales
     field_full = torch.zeros((n_pairs, 2, h, w), device=device)
     net: UNet | None = None
-    state = {"batch": config.batch_size or n_pairs}
+    state = {"divisor": 1}
     for k, s in enumerate(scales):
         started = time.perf_counter()
         data = ScaleData.prepare(moving_full, fixed_full, mask_full, field_full, s)
@@ -286,10 +291,23 @@ def register_iter(
         loss_value, step = float("nan"), 0
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
             yield Progress(k, len(scales), s, step, n_steps, loss_value)
-        field_full = compose(field_full, data.residual_full(net, state["batch"]))
+        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state)))
         field_np = field_full.cpu().numpy()
         mse, cc = sequence_metrics(frames, field_np, mask)
         yield ScaleDone(k, len(scales), s, field_np, mse, cc, step, time.perf_counter() - started, loss_value)
+
+
+def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device) -> int:
+    """Frame pairs per step: all of them when they fit the device's pixel budget."""
+    budget = PIXELS_PER_STEP.get(device.type, PIXELS_PER_STEP["cpu"])
+    return max(1, min(n_pairs, budget // (size[0] * size[1])))
+
+
+def batch_for(data: "ScaleData", config, device, state) -> int:
+    """This scale's batch: the configured or default size, halved after each OOM."""
+    n = data.moving.shape[0]
+    batch = min(n, config.batch_size) if config.batch_size else default_batch(n, tuple(data.moving.shape[-2:]), device)
+    return max(1, batch // state["divisor"])
 
 
 def scale_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -331,8 +349,9 @@ class ScaleData:
 def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn).
 
-    Yields (step, loss). Halves ``state["batch"]`` on out-of-memory; raises
-    DeviceMemoryError when even one pair does not fit.
+    Yields (step, loss). On out-of-memory the batch is halved (for this and
+    later scales, through ``state["divisor"]``); DeviceMemoryError when even
+    one pair does not fit.
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta)
@@ -343,20 +362,21 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
             raise _Cancelled()
         data = datas[step % len(datas)]
         n = data.moving.shape[0]
-        idx = _batch_indices(n, state["batch"], step + 1)
+        batch = batch_for(data, config, device, state)
+        idx = _batch_indices(n, batch, step + 1)
         try:
             loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
             _free(device)
-            if state["batch"] == 1:
+            if batch == 1:
                 size = tuple(data.moving.shape[-2:])
                 raise DeviceMemoryError(
                     f"the {describe_device(device)} ran out of memory even with one frame pair at "
                     f"{size[0]}x{size[1]} px; use a smaller image, the CPU, or fewer scales"
                 ) from exc
-            state["batch"] = max(1, min(state["batch"], n) // 2)
+            state["divisor"] *= 2
             continue
         step += 1
         value = float(loss)

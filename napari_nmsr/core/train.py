@@ -21,7 +21,7 @@ from .convention import compose
 from .device import pick_device
 from .errors import NMSRError
 from .export import atomic_write
-from .register import Progress, RegistrationConfig, ScaleData, optimise_scale, validate_frames
+from .register import Progress, RegistrationConfig, ScaleData, batch_for, optimise_scale, validate_frames
 from .unet import UNet
 
 __all__ = ["train", "load_weights", "WEIGHTS_FORMAT"]
@@ -53,7 +53,7 @@ def train(
     fields = [torch.zeros((t.shape[0] - 1, 2, *t.shape[-2:]), device=device) for t in tensors]
     scales = config.effective_scales
     net = UNet(config.encoder, config.decoder).to(device)
-    states, state = [], {"batch": config.batch_size or max(t.shape[0] - 1 for t in tensors)}
+    states, state = [], {"divisor": 1}
     for k, s in enumerate(scales):
         datas = [ScaleData.prepare(t[:-1], t[1:], None, f, s) for t, f in zip(tensors, fields)]
         n_steps = config.steps_for(k)
@@ -61,7 +61,7 @@ def train(
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
-        fields = [compose(f, d.residual_full(net, state["batch"])) for f, d in zip(fields, datas)]
+        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state))) for f, d in zip(fields, datas)]
     payload = {
         "format": WEIGHTS_FORMAT,
         "scales": list(scales),
