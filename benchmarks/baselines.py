@@ -70,6 +70,9 @@ ANTS = dict(type_of_transform="SyN", syn_metric="CC", syn_sampling=6,
             reg_iterations=(200, 200, 200, 200))
 
 
+_OUTSIDE = -1e6
+
+
 def ants_syn(frames, **overrides) -> np.ndarray:
     """ANTs SyN (antspyx) per pair: fixed = frame t+1, moving = frame t.
 
@@ -95,11 +98,11 @@ def ants_syn(frames, **overrides) -> np.ndarray:
         for c, coord in enumerate((rows, cols)):
             mapped = ants.apply_transforms(
                 fixed=fixed, moving=ants.from_numpy(coord), transformlist=reg["fwdtransforms"],
-                interpolator="linear", defaultvalue=np.nan,
+                interpolator="linear", defaultvalue=_OUTSIDE,
             ).numpy()
             base = rows if c == 0 else cols
-            # Points mapped outside frame t get NaN: treat as border (clamp).
-            mapped = np.where(np.isfinite(mapped), mapped, np.clip(base, 0, (h - 1, w - 1)[c]))
+            # Points mapped outside frame t (ANTs takes no NaN default): zero motion there.
+            mapped = np.where(mapped > _OUTSIDE / 2, mapped, base)
             out[t, c] = mapped - base
     return out
 

@@ -393,7 +393,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="optimisation steps per scale (default: cpu preset)")
     p.add_argument("--device", default="cpu", help="engine device: cpu, cuda, mps or auto")
     p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
-    p.add_argument("--mask-loss", action="store_true", help="give NMSR the case's masks (masked loss)")
+    p.add_argument("--no-mask-loss", dest="mask_loss", action="store_false",
+                   help="register the whole frame (default: the case's mask restricts NMSR's loss, as in the workflow)")
     p.add_argument("--per-scale", action="store_true", help="also report every intermediate scale of NMSR")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--frames", type=int, default=12)
