@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from napari_nmsr.core import register as engine

@@ -20,14 +20,15 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import (
-    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-    QPushButton, QTableWidget, QTableWidgetItem, QWidget,
+    QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHeaderView, QLabel,
+    QPushButton, QTableWidget, QTableWidgetItem,
 )
 
 from napari_nmsr.core.analysis import analyze_fields, build_report, write_csv
 from napari_nmsr.core.errors import NMSRError
 
 from .layers import ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
+from .qt_util import row
 from .state import WorkflowState
 
 if TYPE_CHECKING:
@@ -106,11 +107,7 @@ class AnalysisSection(QGroupBox):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.setMinimumHeight(120)
         self.canvas = self._make_canvas()
-        buttons = QWidget()
-        row = QHBoxLayout(buttons)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.compute_button)
-        row.addWidget(self.export_button)
+        buttons = row(self.compute_button, self.export_button)
         form = QFormLayout(self)
         form.addRow("Scale", self.scale)
         form.addRow("Map", self.map_kind)

@@ -21,12 +21,10 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QWidget,
 )
 
 from napari_nmsr.core.device import available_devices, describe_device, pick_device
@@ -35,6 +33,7 @@ from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, Sca
 from napari_nmsr.core.result import RegistrationResult
 
 from .layers import ROLE_MASKS, find_role
+from .qt_util import row
 from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info
 from .worker import start_registration_worker, stop_worker
 
@@ -115,16 +114,8 @@ class RegistrationSection(QGroupBox):
         self.status = QLabel(f"Detected device: {detected}")
         self.status.setWordWrap(True)
 
-        weights_row = QWidget()
-        wl = QHBoxLayout(weights_row)
-        wl.setContentsMargins(0, 0, 0, 0)
-        wl.addWidget(self.weights)
-        wl.addWidget(self.weights_button)
-        buttons = QWidget()
-        bl = QHBoxLayout(buttons)
-        bl.setContentsMargins(0, 0, 0, 0)
-        bl.addWidget(self.run_button)
-        bl.addWidget(self.cancel_button)
+        weights_row = row(self.weights, self.weights_button)
+        buttons = row(self.run_button, self.cancel_button)
         form = QFormLayout(self)
         form.addRow("Variant", self.variant)
         form.addRow("Weights", weights_row)

@@ -25,12 +25,11 @@ a progress callback and a cancel request and returns a
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -81,7 +80,11 @@ class RegistrationConfig:
     enables early stopping: a scale stops when its smoothed loss has not
     improved by ``min_delta`` (relative) for ``patience`` steps.
     ``batch_size`` None = all pairs at once when they fit (halved
-    automatically on out-of-memory).
+    automatically on out-of-memory). ``mask_margin`` grows the mask by that
+    many pixels for the LOSS only (metrics use the mask as drawn): without it
+    the field just outside the region has no data term, and the smoothness
+    term drags the region's border towards it (benchmark: large-motion EPE
+    0.36 px with margin 0, 0.19 px with 6, the NCC window radius).
     """
 
     variant: str = "nmsr_vi"
@@ -97,6 +100,7 @@ class RegistrationConfig:
     patience: int = 30
     min_delta: float = 1e-3
     weights: str | None = None
+    mask_margin: int = 6
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 16)
 
@@ -277,7 +281,8 @@ def register_iter(
     n_pairs = t - 1
     frames_t = torch.from_numpy(frames).to(device)[:, None]
     moving_full, fixed_full = frames_t[:-1], frames_t[1:]
-    mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[1:])).to(device)[:, None].float()
+    loss_mask = mask if not config.mask_margin or mask is None else _dilate(mask, config.mask_margin)
+    mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(loss_mask[1:])).to(device)[:, None].float()
 
     scales = config.effective_scales
     field_full = torch.zeros((n_pairs, 2, h, w), device=device)
@@ -354,7 +359,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
     one pair does not fit.
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
-    monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta)
+    monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=n_steps // 4)
     use_amp = config.amp if config.amp is not None else device.type == "cuda"
     step = 0
     while step < n_steps:
@@ -433,6 +438,15 @@ def _batch_indices(n: int, batch: int, step: int) -> torch.Tensor | slice:
     return torch.randperm(n, generator=g)[:batch]
 
 
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow each frame's mask by ``radius`` px (disk), for the loss only."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = (yy * yy + xx * xx) <= radius * radius
+    return np.stack([ndimage.binary_dilation(m, disk) for m in mask])
+
+
 def _chunked(fn, a, b, chunk: int = 32):
     return torch.cat([fn(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.shape[0], chunk)])
 
@@ -443,15 +457,21 @@ def _free(device):
 
 
 class _Convergence:
-    """Stops when the smoothed loss has not improved by ``min_delta`` for ``patience`` steps."""
+    """Stops when the smoothed loss has not improved by ``min_delta`` for ``patience`` steps.
 
-    def __init__(self, patience: int, min_delta: float, smoothing: float = 0.9):
+    Never within the first ``warmup`` steps: starting from the identity, the
+    loss of a coarse scale can sit on a plateau before it starts to fall.
+    """
+
+    def __init__(self, patience: int, min_delta: float, smoothing: float = 0.9, warmup: int = 0):
         self.patience, self.min_delta, self.smoothing = patience, min_delta, smoothing
+        self.warmup, self.seen = warmup, 0
         self.ema = None
         self.best = math.inf
         self.since = 0
 
     def update(self, value: float) -> bool:
+        self.seen += 1
         if self.patience <= 0:
             return False
         self.ema = value if self.ema is None else self.smoothing * self.ema + (1 - self.smoothing) * value
@@ -460,4 +480,4 @@ class _Convergence:
             self.since = 0
         else:
             self.since += 1
-        return self.since >= self.patience
+        return self.since >= self.patience and self.seen > self.warmup
