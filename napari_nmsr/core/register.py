@@ -126,11 +126,18 @@ class RegistrationConfig:
         return self.scales[-1:] if self.variant == "nmsr" else self.scales
 
     def steps_for(self, index: int) -> int:
-        """Optimisation steps for scale ``index`` of ``effective_scales``."""
+        """Optimisation steps for scale ``index`` of ``effective_scales``.
+
+        With per-scale steps, single-scale ``nmsr`` gets the same pixel work
+        as the multi-scale schedule (sum of steps x scale^2), so the ablation
+        compares methods at equal compute rather than at equal final steps.
+        """
         if isinstance(self.steps, int):
             return self.steps
         if self.variant == "nmsr":
-            return self.steps[-1]
+            steps = self.steps + (self.steps[-1],) * max(0, len(self.scales) - len(self.steps))
+            work = sum(n * s * s for n, s in zip(steps, self.scales))
+            return max(1, round(work / self.scales[-1] ** 2))
         return self.steps[min(index, len(self.steps) - 1)]
 
     def to_dict(self) -> dict:
