@@ -9,7 +9,9 @@ Computes ``napari_nmsr.core.analysis`` on the chosen scale of the last run
   transparent so the echo shows through);
 * every vortex centre as a Points layer and the main vortex's path as a
   Tracks layer (axes t, y, x; pair t is drawn on frame t+1 like the arrows);
-* one table row per frame pair, a small plot over time, and CSV export.
+* one table row per frame pair, a small plot over time, and CSV export;
+* the forward-backward consistency check (:mod:`.consistency`): its map on
+  the chosen scale, and the greyed arrows (through ``consistency_changed``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHeaderView, QLabel,
     QPushButton, QTableWidget, QTableWidgetItem,
@@ -27,9 +30,11 @@ from qtpy.QtWidgets import (
 from napari_nmsr.core.analysis import analyze_fields, build_report, write_csv
 from napari_nmsr.core.errors import NMSRError
 
+from .consistency import ConsistencyControls
 from .layers import ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
 from .qt_util import row
 from .state import WorkflowState
+from .worker import stop_worker
 
 if TYPE_CHECKING:
     import napari
@@ -84,7 +89,9 @@ def main_track(analysis) -> np.ndarray:
 
 
 class AnalysisSection(QGroupBox):
-    """Analysis of a finished run: maps, vortices, numbers per frame pair."""
+    """Analysis of a finished run: maps, vortices, numbers per frame pair, confidence."""
+
+    consistency_changed = Signal()  # the forward-backward inconsistency or its threshold changed
 
     def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
         super().__init__("Analysis", parent)
@@ -107,6 +114,7 @@ class AnalysisSection(QGroupBox):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.setMinimumHeight(120)
         self.canvas = self._make_canvas()
+        self.consistency = ConsistencyControls(viewer, state, self._result, self.scale.currentIndex)
         buttons = row(self.compute_button, self.export_button)
         form = QFormLayout(self)
         form.addRow("Scale", self.scale)
@@ -116,6 +124,9 @@ class AnalysisSection(QGroupBox):
         form.addRow(self.table)
         if self.canvas is not None:
             form.addRow(self.canvas)
+        form.addRow(self.consistency)
+        self.consistency.changed.connect(self.consistency_changed)
+        self.scale.currentIndexChanged.connect(self.consistency.show_scale)
         self.compute_button.clicked.connect(self.compute)
         self.export_button.clicked.connect(lambda: self.export_csv())
         self.map_kind.currentIndexChanged.connect(self._show_map)
@@ -179,6 +190,22 @@ class AnalysisSection(QGroupBox):
     @property
     def running(self) -> bool:
         return self._worker is not None and self._worker.is_running
+
+    def on_run_started(self, *_) -> None:
+        """A new registration: the consistency data of the old run is stale."""
+        self.consistency.clear()
+
+    def shutdown(self) -> None:
+        """Panel closing: stop the consistency check and the analysis worker, waiting for their threads."""
+        self.consistency.shutdown()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            for signal in (worker.returned, worker.errored, worker.finished):
+                try:
+                    signal.disconnect()
+                except (TypeError, RuntimeError):
+                    pass
+            stop_worker(worker)
 
     def _on_error(self, exc: BaseException) -> None:
         self.status.setText(str(exc) if isinstance(exc, NMSRError) else f"Analysis failed: {exc!r}")

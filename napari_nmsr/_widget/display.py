@@ -8,6 +8,12 @@ sliders step through scales and frames. ``data[:, 0]`` is the arrow's start,
 What an arrow shows: the MOTION of the material (``motion_from_field``, the
 negated pull field) for the frame pair (t, t+1), drawn on the fixed frame
 t + 1 where the field lives. Frame 0 therefore has no arrows.
+
+Confidence: given the forward-backward inconsistency of the pair (px, on
+frame t+1's grid, ``core.analysis.consistency_error``) an arrow whose start
+lies where the two runs disagree by more than a threshold is marked
+``reliable = False``, so the display can grey it out instead of hiding it
+(a missing arrow reads as "no motion").
 """
 
 from __future__ import annotations
@@ -42,14 +48,18 @@ class ArrowSet:
     speed: np.ndarray  # (N,) in ``units``
     scale_index: np.ndarray  # (N,) int
     frame: np.ndarray  # (N,) int, the fixed frame t + 1
+    reliable: np.ndarray | None = None  # (N,) bool; None = no confidence data, all reliable
+
+    def __post_init__(self):
+        if self.reliable is None:
+            self.reliable = np.ones(len(self.speed), bool)
 
     @property
     def features(self) -> dict[str, np.ndarray]:
-        return {"speed": self.speed, "scale_index": self.scale_index, "frame": self.frame}
+        return {"speed": self.speed, "scale_index": self.scale_index, "frame": self.frame, "reliable": self.reliable}
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
-
 
 
 def empty_arrows() -> ArrowSet:
@@ -101,6 +111,8 @@ def arrows_for_scale(
     mask: np.ndarray | None = None,
     frame_interval_s: float | None = None,
     pixel_spacing_mm: tuple[float, float] | None = None,
+    inconsistency: np.ndarray | None = None,
+    threshold: float = 1.0,
 ) -> ArrowSet:
     """Arrows of one scale's field ``(T-1, 2, H, W)`` (pixels, pull convention).
 
@@ -108,7 +120,8 @@ def arrows_for_scale(
     frame, and the grid is made denser so about ``arrows_per_frame`` fall
     inside it. Arrow components are in pixels per frame (data units), so the
     layer's ``scale`` turns them into mm like the image; ``speed`` is in
-    :func:`speed_units`.
+    :func:`speed_units`. ``inconsistency`` (T-1, H, W) px marks arrows whose
+    start has more than ``threshold`` px (or NaN) as ``reliable = False``.
     """
     field = np.asarray(field)
     if field.ndim != 4 or field.shape[1] != 2:
@@ -121,6 +134,10 @@ def arrows_for_scale(
         area = float(mask[1:].sum()) / max(n_pairs, 1)
     else:
         area = None
+    if inconsistency is not None:
+        inconsistency = np.asarray(inconsistency)
+        if inconsistency.shape != (n_pairs, h, w):
+            raise ValueError(f"inconsistency {inconsistency.shape} does not match the field's pairs {(n_pairs, h, w)}")
     step = grid_step((h, w), arrows_per_frame, area)
     ys, xs = grid_positions((h, w), step)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
@@ -141,7 +158,8 @@ def arrows_for_scale(
         arrows[:, 1, 2] = motion[0]
         arrows[:, 1, 3] = motion[1]
         speed = np.hypot(motion[0] * factors[0], motion[1] * factors[1]).astype(np.float32)
-        pieces.append(ArrowSet(arrows, speed, np.full(n, scale_index), np.full(n, t + 1)))
+        reliable = None if inconsistency is None else inconsistency[t, py, px] <= threshold  # NaN -> False
+        pieces.append(ArrowSet(arrows, speed, np.full(n, scale_index), np.full(n, t + 1), reliable))
     return concat_arrows(pieces)
 
 
@@ -155,4 +173,5 @@ def concat_arrows(sets) -> ArrowSet:
         np.concatenate([s.speed for s in sets]),
         np.concatenate([s.scale_index for s in sets]),
         np.concatenate([s.frame for s in sets]),
+        np.concatenate([s.reliable for s in sets]),
     )

@@ -3,7 +3,11 @@
 Arrows (``display.arrows_for_scale``) are the material's motion, coloured by
 speed; napari's dims sliders step through scales (axis 0) and frames.
 Density and the inside-the-mask choice rebuild the arrows; length and width
-only restyle the layer.
+only restyle the layer. After the consistency check (Analysis section) the
+arrows where the forward and backward runs disagree are drawn grey: the
+speed colour stays a colormap over the ``speed`` feature when every arrow is
+reliable, and becomes a per-arrow RGBA array (same colours, grey where
+unreliable) otherwise, since napari colours a layer one way or the other.
 """
 
 from __future__ import annotations
@@ -23,10 +27,19 @@ from .state import SESSION_SETTINGS, WorkflowState, sequence_info
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DisplaySection", "COLORMAP"]
+__all__ = ["DisplaySection", "COLORMAP", "UNRELIABLE_RGBA", "arrow_colours"]
 
 COLORMAP = "turbo"
+#: Colour of arrows over the inconsistency threshold: grey, a little transparent, so they recede.
+UNRELIABLE_RGBA = (0.5, 0.5, 0.5, 0.6)
 _DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True}
+
+
+def arrow_colours(speed: np.ndarray, reliable: np.ndarray, vmax: float) -> np.ndarray:
+    """(N, 4) RGBA: the speed colormap over (0, vmax) as napari draws it, grey where not reliable."""
+    colours = ensure_colormap(COLORMAP).map(np.clip(np.asarray(speed, float) / vmax, 0.0, 1.0)).astype(np.float32)
+    colours[~np.asarray(reliable, bool)] = UNRELIABLE_RGBA
+    return colours
 
 
 class DisplaySection(QGroupBox):
@@ -92,12 +105,18 @@ class DisplaySection(QGroupBox):
         t = self._state.done[0].field.shape[0] + 1
         return mask if mask.shape[0] == t else None
 
+    def _inconsistency(self, scale_index: int) -> np.ndarray | None:
+        """The consistency check's (T-1, H, W) px for this scale, if it was run."""
+        inc = self._state.inconsistency
+        return inc[scale_index] if inc is not None and scale_index < len(inc) else None
+
     def _arrows_for(self, done: ScaleDone) -> display.ArrowSet:
         info = sequence_info(self._state.image_layer) if self._state.image_layer is not None else {}
         return display.arrows_for_scale(
             done.field, done.scale_index,
             arrows_per_frame=self.arrows.value(), mask=self._mask(),
             frame_interval_s=info.get("frame_interval_s"), pixel_spacing_mm=info.get("pixel_spacing_mm"),
+            inconsistency=self._inconsistency(done.scale_index), threshold=self._state.consistency_threshold,
         )
 
     # ------------------------------------------------------------------ run events
@@ -127,6 +146,10 @@ class DisplaySection(QGroupBox):
 
     def rebuild(self, *_) -> None:
         self._remember()
+        self.refresh()
+
+    def refresh(self, *_) -> None:
+        """Arrows again from the finished scales (e.g. the consistency data or threshold changed)."""
         if not self._state.done:
             return
         self._arrows = [self._arrows_for(d) for d in self._state.done]
@@ -167,18 +190,27 @@ class DisplaySection(QGroupBox):
         layer.features = arrows.features
         layer.edge_color = "speed"
         layer.edge_contrast_limits = (0.0, vmax)
+        n_grey = int((~arrows.reliable).sum())
+        if n_grey:
+            layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax)
         layer.metadata["speed_units"] = units
         layer.metadata["scales"] = tuple(d.scale for d in self._state.done)
         labels = list(self._viewer.dims.axis_labels)
         if len(labels) == 4:
             labels[0] = "scale"
             self._viewer.dims.axis_labels = labels
-        self._describe(vmax, units)
+        self._describe(vmax, units, n_grey / max(len(arrows), 1))
 
-    def _describe(self, vmax: float, units: str) -> None:
+    def _describe(self, vmax: float, units: str, grey_fraction: float = 0.0) -> None:
         scales = ", ".join(f"{k}: {d.scale:g}" for k, d in enumerate(self._state.done))
+        grey = ""
+        if self._state.inconsistency is not None:
+            grey = (
+                f" Grey = forward and backward runs disagree by more than {self._state.consistency_threshold:g} px"
+                f" ({grey_fraction:.0%} of arrows)."
+            )
         self.legend_text.setText(
-            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}). Scale slider (first axis) {scales}."
+            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis) {scales}."
         )
 
     def _paint_legend(self) -> None:

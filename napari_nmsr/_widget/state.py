@@ -2,8 +2,10 @@
 
 The sequence section says which image layer is worked on; the mask section
 records ED/ES marks; the registration section collects finished scales; the
-display and export sections read them. Session settings live in a module
-dict, so a panel closed and opened again in the same session keeps them.
+display and export sections read them; the consistency check (Analysis)
+adds a per-pixel inconsistency the display uses to grey out arrows. Session
+settings live in a module dict, so a panel closed and opened again in the
+same session keeps them.
 """
 
 from __future__ import annotations
@@ -42,11 +44,16 @@ class WorkflowState:
     done: list["ScaleDone"] = field(default_factory=list)
     result: "RegistrationResult | None" = None
     run_mask: np.ndarray | None = None  # (T, H, W) bool used by the last run
+    #: Forward-backward inconsistency of the last run, (S, T-1, H, W) float32 px on frame t+1's grid
+    #: (Analysis -> "Check consistency"); None until checked, cleared by a new run (it would be stale).
+    inconsistency: np.ndarray | None = None
+    consistency_threshold: float = 1.0  # px: arrows above it are greyed out
 
     def clear_run(self) -> None:
         self.done = []
         self.result = None
         self.run_mask = None
+        self.inconsistency = None
 
 
 def sequence_info(layer: "Image") -> dict:

@@ -2,6 +2,8 @@
 
 Sequence -> Masks -> Registration -> Display (+ per-scale quality table)
 -> [Analysis, when ``analysis_section`` is installed] -> Track and export.
+The Analysis section's consistency check greys out the Display's arrows
+(``consistency_changed`` -> ``DisplaySection.refresh``); a new run clears it.
 The panel only wires signals; each section gathers its parameters and calls
 ``napari_nmsr.core``. It stops its worker and unbinds its viewer events when
 the panel or the viewer window closes, so no thread outlives the window.
@@ -75,6 +77,9 @@ class WorkflowWidget(QWidget):
         self.registration.scale_done.connect(self.display.add_scale)
         self.registration.scale_done.connect(self.metrics.add_scale)
         self.registration.run_finished.connect(self._on_run_finished)
+        if self.analysis is not None and hasattr(self.analysis, "consistency_changed"):
+            self.registration.run_started.connect(self.analysis.on_run_started)
+            self.analysis.consistency_changed.connect(self.display.refresh)
         self.masks.on_layer_changed(self.state.image_layer)
         QApplication.instance().aboutToQuit.connect(self.shutdown)
 

@@ -60,3 +60,25 @@ def test_concat_and_grid_step():
     assert set(np.unique(both.scale_index)) == {0, 1}
     assert len(concat_arrows([])) == 0
     assert grid_step((100, 100), 100) == 10
+
+
+def test_reliable_marks_arrows_over_the_inconsistency_threshold():
+    f = _field(2, 40, 50)
+    assert arrows_for_scale(f, 0, arrows_per_frame=200).reliable.all()  # no confidence data: all reliable
+    inc = np.zeros((2, 40, 50), np.float32)
+    inc[1, 10:20, 20:30] = 3.0  # pair 1 (drawn on frame 2) disagrees in one block
+    inc[0, :, :25] = np.nan  # pair 0: no answer on the left half
+    arrows = arrows_for_scale(f, 0, arrows_per_frame=200, inconsistency=inc, threshold=1.0)
+    ys, xs = arrows.data[:, 0, 2].astype(int), arrows.data[:, 0, 3].astype(int)
+    in_block = (arrows.frame == 2) & (ys >= 10) & (ys < 20) & (xs >= 20) & (xs < 30)
+    assert in_block.any() and (~in_block).any()
+    nan_half = (arrows.frame == 1) & (xs < 25)
+    assert nan_half.any()
+    expected = ~in_block & ~nan_half  # NaN counts as unreliable
+    np.testing.assert_array_equal(arrows.reliable, expected)
+    assert "reliable" in arrows.features
+    assert not arrows_for_scale(f, 0, arrows_per_frame=200, inconsistency=inc, threshold=0.5).reliable[in_block].any()
+    assert arrows_for_scale(f, 0, arrows_per_frame=200, inconsistency=inc, threshold=5.0).reliable[in_block].all()
+    assert len(concat_arrows([arrows, arrows]).reliable) == 2 * len(arrows)
+    with pytest.raises(ValueError):
+        arrows_for_scale(f, 0, inconsistency=inc[:1])
