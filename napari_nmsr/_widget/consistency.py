@@ -263,11 +263,20 @@ class ConsistencyControls(QWidget):
         return k, (inc[k] if inc is not None and k < len(inc) else None)
 
     def show_scale(self, *_) -> None:
-        """Show the Analysis section's chosen scale as the inconsistency layer, under the quiver."""
+        """Show the Analysis section's chosen scale as the inconsistency layer, under the quiver.
+
+        Zero outside the run's mask: there the field is only the smooth
+        continuation of the inside (no data term), so its disagreement says
+        nothing and would wash the whole echo in colour (additive blending:
+        zero leaves the echo as it is).
+        """
         k, pairs = self._pairs()
         if pairs is None or self._closed:
             return
         data = inconsistency_frames(pairs)
+        mask = self._state.run_mask
+        if mask is not None and mask.shape == data.shape:
+            data[~mask] = 0.0
         hi = max(float(np.nanpercentile(pairs, 99)), 2.0 * self._state.consistency_threshold)
         image = self._state.image_layer
         placement = placed_like(image) if image is not None else {}
@@ -302,5 +311,5 @@ class ConsistencyControls(QWidget):
             if on_scale.any():
                 above, what = float(np.mean(~vec.features["reliable"].to_numpy()[on_scale])), "of arrows"
         result = self._result()
-        scale = f"scale {result.scales[k]:g}: " if result is not None and k < result.n_scales else ""
-        self.status.setText(f"{scale}mean inconsistency {mean:.2g} px, {above:.0%} {what} above {threshold:g} px")
+        scale = f"Scale {result.scales[k]:g}: " if result is not None and k < result.n_scales else ""
+        self.status.setText(f"{scale}mean forward-backward inconsistency {mean:.2g} px, {above:.0%} {what} above {threshold:g} px")

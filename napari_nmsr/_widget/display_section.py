@@ -190,8 +190,7 @@ class DisplaySection(QGroupBox):
         layer.features = arrows.features
         layer.edge_color = "speed"
         layer.edge_contrast_limits = (0.0, vmax)
-        n_grey = int((~arrows.reliable).sum())
-        if n_grey:
+        if not arrows.reliable.all():
             layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax)
         layer.metadata["speed_units"] = units
         layer.metadata["scales"] = tuple(d.scale for d in self._state.done)
@@ -199,16 +198,13 @@ class DisplaySection(QGroupBox):
         if len(labels) == 4:
             labels[0] = "scale"
             self._viewer.dims.axis_labels = labels
-        self._describe(vmax, units, n_grey / max(len(arrows), 1))
+        self._describe(vmax, units)
 
-    def _describe(self, vmax: float, units: str, grey_fraction: float = 0.0) -> None:
+    def _describe(self, vmax: float, units: str) -> None:
         scales = ", ".join(f"{k}: {d.scale:g}" for k, d in enumerate(self._state.done))
         grey = ""
         if self._state.inconsistency is not None:
-            grey = (
-                f" Grey = forward and backward runs disagree by more than {self._state.consistency_threshold:g} px"
-                f" ({grey_fraction:.0%} of arrows)."
-            )
+            grey = f" Grey = the forward and backward runs disagree by more than {self._state.consistency_threshold:g} px."
         self.legend_text.setText(
             f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis) {scales}."
         )

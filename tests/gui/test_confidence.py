@@ -68,14 +68,24 @@ def test_backward_run_shows_inconsistency_under_the_quiver_and_a_new_run_clears_
     layer = viewer.layers[LAYER_NAME]
     vec = find_role(viewer, ROLE_VECTORS)
     assert layer.data.shape == (6, 64, 64) and float(np.abs(layer.data[0]).max()) == 0.0  # frame 0: no pair
-    np.testing.assert_allclose(layer.data[1:], inc[1])  # the finest scale is the one chosen in Analysis
+    run_mask = widget.state.run_mask[1:]
+    np.testing.assert_allclose(layer.data[1:], inc[1] * run_mask)  # finest scale (chosen in Analysis), in the mask
+    assert inc[1][~run_mask].max() > 0  # the mask did cut something
     np.testing.assert_allclose(layer.scale, image.scale)
     assert layer.colormap.name == "magma"
     assert viewer.layers.index(layer) < viewer.layers.index(vec)  # under the quiver
-    assert "reliable" in vec.features and "mean inconsistency" in check.status.text()
+    assert "mean forward-backward inconsistency" in check.status.text()
+
+    median = round(float(np.median(inc[1][run_mask])), 2)
+    check.threshold.setValue(median)  # about half of this short run's arrows are greyed; the status counts them
+    assert widget.state.consistency_threshold == median
+    vec = find_role(viewer, ROLE_VECTORS)
+    grey = ~vec.features["reliable"].to_numpy()[vec.features["scale_index"].to_numpy() == 1]
+    assert 0.1 < grey.mean() < 0.9 and vec.edge_color_mode == "direct"
+    assert f"{grey.mean():.0%} of arrows above {median:g} px" in check.status.text()
 
     widget.analysis.scale.setCurrentIndex(0)  # the coarse scale's map
-    np.testing.assert_allclose(viewer.layers[LAYER_NAME].data[1:], inc[0])
+    np.testing.assert_allclose(viewer.layers[LAYER_NAME].data[1:], inc[0] * run_mask)
 
     widget.registration.run()  # a new run: the old consistency data is stale
     assert widget.state.inconsistency is None
