@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 from napari.qt.threading import create_worker
 
+from napari_nmsr.core.errors import NMSRError
 from napari_nmsr.core.register import Progress, RegistrationConfig, ScaleDone, register_iter
 
 if TYPE_CHECKING:
@@ -23,8 +24,17 @@ __all__ = ["registration_events", "start_registration_worker", "stop_worker"]
 
 
 def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
-    """Generator run in the worker thread: the engine's events, unchanged."""
-    yield from register_iter(frames, mask, config)
+    """Generator run in the worker thread: the engine's events, unchanged.
+
+    A plain ``RuntimeError`` (torch raises them) is re-raised as
+    ``NMSRError``: napari's worker takes a RuntimeError for a deleted Qt
+    object, only warns, and never emits ``finished`` (the panel would stay
+    on "Running ..." forever).
+    """
+    try:
+        yield from register_iter(frames, mask, config)
+    except RuntimeError as exc:
+        raise NMSRError(f"the registration stopped: {exc}") from exc
 
 
 def start_registration_worker(

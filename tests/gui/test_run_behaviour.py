@@ -145,6 +145,16 @@ def test_engine_errors_become_notifications(make_napari_viewer, qtbot, monkeypat
     wait_for_run(qtbot, widget)
     assert errors[-1].startswith("Out of memory")
 
+    def torch_failure(*args, **kwargs):  # napari's worker would swallow a bare RuntimeError
+        yield Progress(0, 1, 0.5, 1, 2, 0.0)
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(worker_module, "register_iter", torch_failure)
+    widget.registration.run()
+    wait_for_run(qtbot, widget)
+    assert "same device" in errors[-1]
+    assert widget.registration.run_button.text() == "Run"
+
 
 def test_rerun_replaces_its_own_layers_never_the_users(make_napari_viewer, qtbot):
     viewer, widget = _panel_with_small_sequence(make_napari_viewer)
