@@ -65,7 +65,7 @@ def test_end_to_end_on_simulated_vortex_beats_zero_field():
     from napari_nmsr.core.simulate import vortex
 
     sim = vortex(size=64, n_frames=5, seed=3)
-    res = register(sim.frames, sim.masks, small_config(steps=60))
+    res = register(sim.frames, sim.masks, small_config(steps=100))
     m = sim.masks[1:]
     epe = np.linalg.norm(res.final_field - sim.fields, axis=1)[m].mean()
     zero = np.linalg.norm(sim.fields, axis=1)[m].mean()
