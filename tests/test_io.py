@@ -384,3 +384,17 @@ def test_loading_holds_about_one_float32_copy(tmp_path, kind):
     peak, seq = _peak_bytes_while_loading(path)
     assert seq.frames.shape == (60, 192, 256)
     assert peak < limit * seq.frames.nbytes, f"peak {peak / seq.frames.nbytes:.2f}x the output"
+
+
+def test_npz_carries_frame_interval_and_spacing(tmp_path):
+    rng = np.random.default_rng(5)
+    frames = rng.random((3, 20, 24)).astype(np.float32)
+    np.savez(tmp_path / "seq.npz", frames=frames, frame_interval_s=np.float64(0.02),
+             pixel_spacing_mm=np.array([0.3, 0.4]))
+    seq = load_sequence(tmp_path / "seq.npz")
+    assert seq.frame_interval_s == pytest.approx(0.02)
+    assert seq.pixel_spacing_mm == pytest.approx((0.3, 0.4))
+    np.savez(tmp_path / "bad.npz", frames=frames, frame_interval_s=np.float64(np.nan),
+             pixel_spacing_mm=np.array([0.3, -1.0]))
+    bad = load_sequence(tmp_path / "bad.npz")
+    assert bad.frame_interval_s is None and bad.pixel_spacing_mm is None

@@ -350,12 +350,15 @@ def _load_folder(path: Path, max_frames: int | None):
 
 def _load_numpy(path: Path, max_frames: int | None):
     """NPY ``(T, H, W)`` or ``(T, H, W, C)`` with C <= 4 (channel 0 kept);
-    NPZ: the array named 'frames', else 'image', else the first one."""
+    NPZ: the array named 'frames', else 'image', else the first one, plus the
+    optional scalars ``frame_interval_s`` and ``pixel_spacing_mm`` (dy, dx)
+    (as napari-nmsr's sample files carry them)."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic[:2] != b"PK" and magic != b"\x93NUMPY":
         raise SequenceError(f"'{path.name}' is not a NumPy file (it is damaged, or another format renamed).")
     key = None
+    interval, spacing = None, None
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -363,6 +366,7 @@ def _load_numpy(path: Path, max_frames: int | None):
                     raise SequenceError(f"'{path.name}' is an empty NPZ archive.")
                 key = next((k for k in ("frames", "image") if k in archive.files), archive.files[0])
                 array = archive[key]
+                interval, spacing = _npz_geometry(archive)
         else:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
@@ -380,7 +384,21 @@ def _load_numpy(path: Path, max_frames: int | None):
     buf = _FrameBuffer(path.name, count, max_frames)
     for t in range(count):
         buf.add(array[t])
-    return buf.finish(), None, None, {"format": path.suffix.lower()[1:], "dtype": str(array.dtype), "key": key}
+    return buf.finish(), interval, spacing, {"format": path.suffix.lower()[1:], "dtype": str(array.dtype), "key": key}
+
+
+def _npz_geometry(archive) -> tuple[float | None, tuple[float, float] | None]:
+    """Optional ``frame_interval_s`` and ``pixel_spacing_mm`` of an NPZ, when positive and finite."""
+    interval = spacing = None
+    if "frame_interval_s" in archive.files:
+        v = np.asarray(archive["frame_interval_s"], dtype=np.float64).ravel()
+        if v.size == 1 and np.isfinite(v[0]) and v[0] > 0:
+            interval = float(v[0])
+    if "pixel_spacing_mm" in archive.files:
+        v = np.asarray(archive["pixel_spacing_mm"], dtype=np.float64).ravel()
+        if v.size == 2 and np.isfinite(v).all() and (v > 0).all():
+            spacing = (float(v[0]), float(v[1]))
+    return interval, spacing
 
 
 # ----------------------------------------------------------------------------- dispatch
