@@ -49,15 +49,16 @@ VARIANT_LABELS = {
     "nmsr_v": "NMSR-V (pre-trained weights file)",
 }
 
-#: Steps per scale, coarse to fine. "quick" shows a field on the sample data in
-#: about a minute on a laptop CPU; "cpu" is the engine's benchmark-tuned budget.
+#: Steps per scale, coarse to fine. "cpu" (the default) is the engine's
+#: benchmark-tuned budget: the 12-frame sample in under a minute on one CPU
+#: thread; "quick" is a rough look in about a third of that.
 STEP_PRESETS = {
     "quick": (60, 50, 40, 30),
     "cpu": tuple(PRESETS["cpu"]["steps"]),
     "paper": tuple(PRESETS["paper"]["steps"]),
 }
 
-_DEFAULTS = {"variant": "nmsr_vi", "scales": "0.125, 0.25, 0.5, 1", "preset": "quick", "device": "auto", "use_mask": True}
+_DEFAULTS = {"variant": "nmsr_vi", "scales": "0.125, 0.25, 0.5, 1", "preset": "cpu", "device": "auto", "use_mask": True}
 
 
 def _numbers(text: str, kind=float) -> tuple:

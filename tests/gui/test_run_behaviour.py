@@ -183,7 +183,7 @@ def test_settings_persist_for_the_session(make_napari_viewer):
     viewer = make_napari_viewer()
     add_small_sequence(viewer)
     widget = open_panel(viewer)
-    assert widget.registration.steps.text() == "60, 50, 40, 30"  # the quick default
+    assert widget.registration.steps.text() == "400, 300, 100, 120"  # the default: the engine's CPU preset
     widget.registration.steps.setText("7, 7")
     widget.registration.steps.textEdited.emit("7, 7")
     widget.registration.variant.setCurrentIndex(widget.registration.variant.findData("nmsr_ms"))
