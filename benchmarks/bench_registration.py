@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 from baselines import BASELINES, BaselineUnavailable  # noqa: E402
 
 from napari_nmsr.core.convention import warp_frames  # noqa: E402
+from napari_nmsr.core.metrics import sequence_metrics  # noqa: E402
 from napari_nmsr.core.simulate import CASES, vortex_centre  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "latest.json"
@@ -48,30 +49,8 @@ ALL_BASELINES = ("zero", "farneback", "ants", "truth")
 
 def pair_quality(frames, fields, masks) -> tuple[float, float]:
     """Paper metrics (mean over pairs): MSE and mean local CC (radius 10) inside masks[t+1]."""
-    warped = warp_frames(frames, fields)
-    try:
-        from napari_nmsr.core.metrics import pair_metrics
-    except ImportError:  # pragma: no cover - only before the engine existed
-        return _local_pair_metrics(warped, frames[1:], masks[1:])
-    mse, cc = pair_metrics(warped, frames[1:], masks[1:])
+    mse, cc = sequence_metrics(frames, fields, masks)
     return float(np.mean(mse)), float(np.mean(cc))
-
-
-def _local_pair_metrics(warped, fixed, masks, radius=10):
-    """Fallback: MSE and squared local CC in (2r+1)^2 windows, averaged in the mask."""
-    from scipy.ndimage import uniform_filter
-
-    size = 2 * radius + 1
-    mses, ccs = [], []
-    for w, f, m in zip(warped.astype(np.float64), fixed.astype(np.float64), masks):
-        mw, mf = uniform_filter(w, size), uniform_filter(f, size)
-        cross = uniform_filter(w * f, size) - mw * mf
-        vw = uniform_filter(w * w, size) - mw * mw
-        vf = uniform_filter(f * f, size) - mf * mf
-        cc = cross * cross / (vw * vf + 1e-5)
-        mses.append(np.mean((w - f)[m] ** 2))
-        ccs.append(np.mean(cc[m]))
-    return float(np.mean(mses)), float(np.mean(ccs))
 
 
 def endpoint_errors(estimated, truth, masks) -> np.ndarray:

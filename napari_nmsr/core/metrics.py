@@ -14,52 +14,52 @@ import torch
 from .convention import warp
 from .losses import local_cc_map, masked_mean
 
-__all__ = ["METRIC_RADIUS", "pair_metrics", "sequence_metrics"]
+__all__ = ["METRIC_RADIUS", "pair_metrics", "sequence_metrics", "fixed_frame_masks"]
 
 METRIC_RADIUS = 10
 
 
 @torch.no_grad()
-def pair_metrics(warped, fixed, mask=None, radius: int = METRIC_RADIUS) -> tuple[np.ndarray, np.ndarray]:
+def pair_metrics(warped, fixed, mask=None, radius: int = METRIC_RADIUS, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """MSE and mean local CC for each pair.
 
     warped, fixed: (N, H, W) or (N, 1, H, W) arrays/tensors in [0, 1];
-    mask: same leading shape, bool, or None. Returns two float64 arrays (N,).
+    mask: same leading shape, bool, or None. Pairs are processed ``chunk`` at
+    a time so long full-resolution sequences fit in memory. Returns two
+    float64 arrays (N,).
     """
     w = _as4d(warped)
     f = _as4d(fixed).to(w.device)
     m = None if mask is None else _as4d(mask).to(w.device)
     mse, cc = [], []
-    ccmap = local_cc_map(w, f, radius)
-    for i in range(w.shape[0]):
-        mi = None if m is None else m[i]
-        mse.append(float(masked_mean((w[i] - f[i]) ** 2, mi)))
-        cc.append(float(masked_mean(ccmap[i], mi)))
+    for s in range(0, w.shape[0], chunk):
+        ccmap = local_cc_map(w[s : s + chunk], f[s : s + chunk], radius)
+        for i in range(ccmap.shape[0]):
+            mi = None if m is None else m[s + i]
+            mse.append(float(masked_mean((w[s + i] - f[s + i]) ** 2, mi)))
+            cc.append(float(masked_mean(ccmap[i], mi)))
     return np.asarray(mse), np.asarray(cc)
 
 
 @torch.no_grad()
-def sequence_metrics(frames, fields, mask=None, radius: int = METRIC_RADIUS, chunk: int = 16):
+def sequence_metrics(frames, fields, mask=None, radius: int = METRIC_RADIUS):
     """Metrics of a whole sequence registered by ``fields`` (T-1, 2, H, W).
 
     ``mask`` is (T, H, W) (the fixed frame t+1's mask is used) or (H, W).
     """
-    frames_t = torch.as_tensor(np.asarray(frames, dtype=np.float32))
+    frames_t = torch.as_tensor(np.asarray(frames, dtype=np.float32))[:, None]
     fields_t = torch.as_tensor(np.asarray(fields, dtype=np.float32))
-    n = fields_t.shape[0]
-    masks = None
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        masks = mask[1:] if mask.ndim == 3 else np.broadcast_to(mask, (n,) + mask.shape)
-    out_mse, out_cc = [], []
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        warped = warp(frames_t[s:e, None], fields_t[s:e])
-        m = None if masks is None else masks[s:e]
-        a, b = pair_metrics(warped, frames_t[s + 1 : e + 1], m, radius)
-        out_mse.append(a)
-        out_cc.append(b)
-    return np.concatenate(out_mse), np.concatenate(out_cc)
+    moving = frames_t[:-1]
+    warped = torch.cat([warp(moving[s : s + 16], fields_t[s : s + 16]) for s in range(0, fields_t.shape[0], 16)])
+    return pair_metrics(warped, frames_t[1:], fixed_frame_masks(mask, fields_t.shape[0]), radius)
+
+
+def fixed_frame_masks(mask, n_pairs: int) -> np.ndarray | None:
+    """The mask each pair is scored in: frame t+1's of a (T, H, W) mask, or a shared (H, W) one."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    return mask[1:] if mask.ndim == 3 else np.broadcast_to(mask, (n_pairs,) + mask.shape)
 
 
 def _as4d(x) -> torch.Tensor:

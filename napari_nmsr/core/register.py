@@ -38,7 +38,7 @@ from .convention import compose, resize_field, resize_image, warp
 from .device import describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .losses import ncc_loss, smoothness_loss
-from .metrics import sequence_metrics
+from .metrics import pair_metrics
 from .result import RegistrationResult
 from .unet import UNet
 
@@ -240,7 +240,6 @@ def register(
     (``result.cancelled`` is True).
     """
     config = config or RegistrationConfig()
-    frames = validate_frames(frames)
     done: list[ScaleDone] = []
     cancelled = False
     device = pick_device(config.device)
@@ -292,23 +291,27 @@ def register_iter(
     moving_full, fixed_full = frames_t[:-1], frames_t[1:]
     loss_mask = mask if not config.mask_margin or mask is None else _dilate(mask, config.mask_margin)
     mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(loss_mask[1:])).to(device)[:, None].float()
+    score_mask = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[1:])).to(device)
 
     scales = config.effective_scales
     field_full = torch.zeros((n_pairs, 2, h, w), device=device)
     net: UNet | None = None
     state = {"divisor": 1}
+    with torch.no_grad():  # frame t warped by the composed field so far (identity yet)
+        warped_full = _chunked(warp, moving_full, field_full)
     for k, s in enumerate(scales):
         started = time.perf_counter()
-        data = ScaleData.prepare(moving_full, fixed_full, mask_full, field_full, s)
+        data = ScaleData.prepare(warped_full, fixed_full, mask_full, s)
         net = _network_for_scale(k, s, net, config, init_states).to(device)
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
             yield Progress(k, len(scales), s, step, n_steps, loss_value)
         field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state)))
-        field_np = field_full.cpu().numpy()
-        mse, cc = sequence_metrics(frames, field_np, mask)
-        yield ScaleDone(k, len(scales), s, field_np, mse, cc, step, time.perf_counter() - started, loss_value)
+        with torch.no_grad():  # one warp serves the metrics and the next scale's input
+            warped_full = _chunked(warp, moving_full, field_full)
+        mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
+        yield ScaleDone(k, len(scales), s, field_full.cpu().numpy(), mse, cc, step, time.perf_counter() - started, loss_value)
 
 
 def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device) -> int:
@@ -332,8 +335,8 @@ def scale_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
 
 @dataclass
 class ScaleData:
-    """One sequence's pairs at one scale: moving (already warped by the coarser
-    scales' composed field, paper eq. 1), fixed and mask, each (T-1, 1, h, w)."""
+    """One sequence's pairs at one scale: moving (frame t already warped by the
+    coarser scales' composed field, paper eq. 1), fixed and mask, each (T-1, 1, h, w)."""
 
     moving: torch.Tensor
     fixed: torch.Tensor
@@ -342,12 +345,12 @@ class ScaleData:
 
     @classmethod
     @torch.no_grad()
-    def prepare(cls, moving_full, fixed_full, mask_full, field_full, scale: float) -> "ScaleData":
-        size = scale_size(tuple(moving_full.shape[-2:]), scale)
-        moving = resize_image(_chunked(warp, moving_full, field_full), size)
+    def prepare(cls, warped_full, fixed_full, mask_full, scale: float) -> "ScaleData":
+        size = scale_size(tuple(warped_full.shape[-2:]), scale)
+        moving = resize_image(warped_full, size)
         fixed = resize_image(fixed_full, size)
         mask = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()
-        return cls(moving, fixed, mask, tuple(moving_full.shape[-2:]))
+        return cls(moving, fixed, mask, tuple(warped_full.shape[-2:]))
 
     @torch.no_grad()
     def residual_full(self, net, batch: int) -> torch.Tensor:

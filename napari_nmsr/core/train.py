@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .convention import compose
+from .convention import compose, warp
 from .device import pick_device
 from .errors import NMSRError
 from .export import atomic_write
@@ -55,7 +55,8 @@ def train(
     net = UNet(config.encoder, config.decoder).to(device)
     states, state = [], {"divisor": 1}
     for k, s in enumerate(scales):
-        datas = [ScaleData.prepare(t[:-1], t[1:], None, f, s) for t, f in zip(tensors, fields)]
+        with torch.no_grad():
+            datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s) for t, f in zip(tensors, fields)]
         n_steps = config.steps_for(k)
         for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel):
             if progress is not None:
