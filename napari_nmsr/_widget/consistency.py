@@ -33,7 +33,7 @@ from napari_nmsr.core.register import Progress, RegistrationConfig, register_ite
 from .layers import ROLE_VECTORS, find_role, placed_like, put_layer, remove_role
 from .qt_util import row
 from .state import WorkflowState, frames_from_layer
-from .worker import stop_worker
+from .worker import stop_worker, surface_runtime_errors
 
 if TYPE_CHECKING:
     import napari
@@ -57,29 +57,25 @@ def backward_config(result) -> RegistrationConfig:
     return config
 
 
+@surface_runtime_errors("the backward run")
 def consistency_events(frames: np.ndarray, mask: np.ndarray | None, config: RegistrationConfig, forward: np.ndarray):
     """Worker generator: yields the backward run's ``Progress``; returns (S, T-1, H, W) float32 px.
 
     ``frames`` (T, H, W) and ``mask`` (T, H, W) are in FORWARD order (reversed
     here); ``forward`` (S, T-1, 2, H, W) are the forward fields per scale.
-    A plain ``RuntimeError`` is re-raised as ``NMSRError``: napari's worker
-    would swallow it without ever finishing (it takes it for a deleted Qt object).
     """
     backward = []
     rev_mask = None if mask is None else np.ascontiguousarray(mask[::-1])
-    try:
-        for event in register_iter(np.ascontiguousarray(frames[::-1]), rev_mask, config):
-            if isinstance(event, Progress):
-                yield event
-            else:
-                backward.append(event.field)
-                yield None  # a quit() point between scales too
-        errors = []
-        for s, field in enumerate(backward[: len(forward)]):
-            errors.append(consistency_error(forward[s], field))  # reversed_order: the default
-            yield None
-    except RuntimeError as exc:
-        raise NMSRError(f"the backward run stopped: {exc}") from exc
+    for event in register_iter(np.ascontiguousarray(frames[::-1]), rev_mask, config):
+        if isinstance(event, Progress):
+            yield event
+        else:
+            backward.append(event.field)
+            yield None  # a quit() point between scales too
+    errors = []
+    for s, field in enumerate(backward[: len(forward)]):
+        errors.append(consistency_error(forward[s], field))  # reversed_order: the default
+        yield None
     return np.stack(errors).astype(np.float32)
 
 

@@ -8,6 +8,7 @@ Nothing here touches layers: the panel connects ``yielded`` to its handlers.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -20,21 +21,35 @@ if TYPE_CHECKING:
     import numpy as np
     from napari.qt.threading import GeneratorWorker
 
-__all__ = ["registration_events", "start_registration_worker", "stop_worker"]
+__all__ = ["registration_events", "start_registration_worker", "stop_worker", "surface_runtime_errors"]
 
 
-def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
-    """Generator run in the worker thread: the engine's events, unchanged.
+def surface_runtime_errors(what: str):
+    """Decorator for worker generators: a bare ``RuntimeError`` becomes ``NMSRError``.
 
-    A plain ``RuntimeError`` (torch raises them) is re-raised as
-    ``NMSRError``: napari's worker takes a RuntimeError for a deleted Qt
-    object, only warns, and never emits ``finished`` (the panel would stay
-    on "Running ..." forever).
+    napari's worker takes a RuntimeError for a deleted Qt object, only warns,
+    and never emits ``finished``: the panel would stay on "Running ..." for
+    ever. Torch raises plain RuntimeErrors, so every worker generator here
+    goes through this.
     """
-    try:
-        yield from register_iter(frames, mask, config)
-    except RuntimeError as exc:
-        raise NMSRError(f"the registration stopped: {exc}") from exc
+
+    def decorate(generator_function):
+        @functools.wraps(generator_function)
+        def wrapper(*args, **kwargs):
+            try:
+                return (yield from generator_function(*args, **kwargs))
+            except RuntimeError as exc:
+                raise NMSRError(f"{what} stopped: {exc}") from exc
+
+        return wrapper
+
+    return decorate
+
+
+@surface_runtime_errors("the registration")
+def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
+    """Generator run in the worker thread: the engine's events, unchanged."""
+    yield from register_iter(frames, mask, config)
 
 
 def start_registration_worker(
