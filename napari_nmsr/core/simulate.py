@@ -90,6 +90,7 @@ class SimulatedSequence:
     pixel_spacing_mm: tuple[float, float]
     ed_index: int = 0
     es_index: int = 0
+    truth: dict | None = None
 
 
 @dataclass
@@ -98,7 +99,10 @@ class _Scene:
 
     echogenicity(points) and region(points) take (N, 2) (y, x) positions in
     frame-0 coordinates (where the material was at frame 0); velocity(points, t)
-    gives v_t (N, 2) px so that x_{t+1} = x_t + v_t(x_t).
+    gives v_t (N, 2) px so that x_{t+1} = x_t + v_t(x_t). ``inverse(points, t)``,
+    when given, solves ``q + v_t(q) = points`` exactly (rotations, rigid
+    motion) instead of the fixed-point iteration of :func:`invert_step`.
+    ``truth`` is copied into the sequence (extra ground truth: omega, core radius).
     """
 
     name: str
@@ -114,6 +118,8 @@ class _Scene:
     es_index: int = 0
     reseed_fraction: float = 0.03
     noise: float = 0.02
+    inverse: Callable[[np.ndarray, int], np.ndarray] | None = None
+    truth: dict | None = None
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -272,7 +278,8 @@ def simulate(scene: _Scene, seed: int = 0) -> SimulatedSequence:
         if t == T - 1:
             break
         pos = pos + scene.velocity(pos, t)
-        q = invert_step(scene.velocity, grid, t)  # where the material at each pixel of t+1 was at t
+        # where the material at each pixel of t+1 was at t
+        q = scene.inverse(grid, t) if scene.inverse is not None else invert_step(scene.velocity, grid, t)
         fields[t] = (q - grid).reshape(ne, ne, 2)[inner, inner].transpose(2, 0, 1)
         origin = to_frame0(q)
         # Out-of-plane motion: some scatterers leave the plane, new ones enter.
@@ -293,6 +300,7 @@ def simulate(scene: _Scene, seed: int = 0) -> SimulatedSequence:
         pixel_spacing_mm=(spacing, spacing),
         ed_index=scene.ed_index,
         es_index=scene.es_index,
+        truth=scene.truth,
     )
 
 

@@ -1,0 +1,115 @@
+"""The randomised ground-truth suite: exact truth, seed split, varied parameters; the anchors' convention."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_nmsr.core.convention import warp_frames
+from napari_nmsr.core.families import (
+    FAMILIES,
+    HELDOUT_MIN_SEED,
+    RealDataUnavailable,
+    _draw_size,
+    circulation,
+    fit_rigid_rotation,
+    rotate,
+    suite_cases,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+SIMULATED = ["vortex", "myocardium", "probe", "probe_tissue", "decorrelation", "disk"]
+
+
+def _case(family, seed=3, **kw):
+    try:
+        return FAMILIES[family](seed, **kw)
+    except RealDataUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _masked_mse(seq, fields):
+    warped = warp_frames(seq.frames, fields)
+    m = seq.masks[1:]
+    return float(np.mean(((warped - seq.frames[1:]) ** 2)[m]))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_truth_field_is_exact(family):
+    """Without noise or re-seeding, frame t warped by the true field matches frame t+1 better than
+    no warp and than the truth off by 0.5 px, and far better than one of them. (Speckle is not a
+    pure warp: the PSF does not turn with rotating tissue, so fast rotation decorrelates it.)"""
+    seq = _case(family, size=96, n_frames=3, noise=0.0, reseed_fraction=0.0)
+    assert seq.frames.shape == (3, 96, 96) and seq.fields.shape == (2, 2, 96, 96)
+    assert seq.frames.std() > 0.05 and seq.masks[1:].mean() > 0.05
+    truth = _masked_mse(seq, seq.fields)
+    off = seq.fields + np.array([0.35, -0.35], np.float32)[None, :, None, None]
+    zero, offset = _masked_mse(seq, np.zeros_like(seq.fields)), _masked_mse(seq, off)
+    assert truth < 0.9 * zero and truth < 0.95 * offset
+    assert min(truth / zero, truth / offset) < 0.6
+
+
+def test_seed_splits_are_disjoint_and_deterministic():
+    tune = suite_cases("tuning", 100)
+    held = suite_cases("heldout", 100)
+    assert suite_cases("heldout", 100) == held
+    assert {s for _, s in tune} == set(range(100))
+    held_seeds = {s for _, s in held}
+    assert min(held_seeds) >= HELDOUT_MIN_SEED and not held_seeds & set(range(100))
+    assert len(held_seeds) == len(held)  # no seed shared between families or indices
+    assert [f for f, _ in suite_cases("heldout", 1)] == list(FAMILIES)
+    with pytest.raises(ValueError):
+        suite_cases("validation", 1)
+
+
+def test_same_seed_same_case_other_seed_other_parameters():
+    a, b = _case("vortex", 5, size=64), _case("vortex", 5, size=64)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.fields, b.fields)
+    for family in SIMULATED:
+        p = [FAMILIES[family](s, size=64, n_frames=2).truth["params"] for s in (1, 2)]
+        assert p[0] != p[1], family
+        assert p[0]["size"] == 64 and p[0]["n_frames"] == 2
+
+
+def test_sizes_and_frame_counts_in_range():
+    rng = np.random.default_rng(0)
+    sizes = np.array([_draw_size(rng) for _ in range(2000)])
+    assert sizes.min() >= 128 and sizes.max() <= 512
+    assert np.mean(sizes <= 256) > 0.9 and (sizes > 256).any()
+    counts = {FAMILIES[f](s, size=48).frames.shape[0] for f in ("disk", "myocardium") for s in range(6)}
+    assert counts <= set(range(6, 11)) and len(counts) > 1
+
+
+def test_disk_truth_and_rigid_fit():
+    seq = _case("disk", 7, size=96, n_frames=2)
+    omega, centre, rms = fit_rigid_rotation(seq.fields[0], seq.masks[1])
+    assert omega == pytest.approx(seq.truth["omega"], rel=1e-6)
+    np.testing.assert_allclose(centre, seq.truth["centre"], atol=1e-3)
+    assert rms < 1e-3
+    rim = np.max(np.hypot(*seq.fields[0])[seq.masks[1]])  # just inside the rim (mask = disk less 2 px)
+    assert 0.5 < rim <= 20.0
+
+
+def test_circulation_sign_and_size():
+    """A rigid counter-clockwise turn by a: circulation 2 pi r^2 sin(a) (chord motion), + sign."""
+    h = w = 65
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    d = np.stack((yy.ravel() - 32, xx.ravel() - 32), axis=1)
+    a = 0.1
+    field = (rotate(d, -a) - d).T.reshape(2, h, w)  # pull: the material came from p turned back
+    g = circulation(field, (32.0, 32.0), 10.0)
+    assert g == pytest.approx(2 * np.pi * 100 * np.sin(a), rel=0.01)
+    assert circulation(-field, (32.0, 32.0), 10.0) == pytest.approx(-g)
+
+
+@pytest.mark.parametrize("name", ["dis", "openpiv"])
+@pytest.mark.parametrize("kind,size", [("translation", 3.0), ("rotation", 0.05)])
+def test_anchor_recovers_known_motion(name, kind, size):
+    baselines = pytest.importorskip("baselines")
+    pytest.importorskip("cv2" if name == "dis" else "openpiv")
+    image = FAMILIES["decorrelation"](11, size=128, n_frames=2).frames[0]
+    err, ok = baselines.check_convention(baselines.BASELINES[name], image, kind, size)
+    assert ok, f"{name} {kind}: median EPE {err:.3f} px"
