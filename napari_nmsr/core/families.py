@@ -11,9 +11,11 @@ convention. The drawn parameters are in ``seq.truth["params"]``.
 Families (speeds in px per frame pair; sizes in px, square frames):
 
 * ``vortex``: contrast LV cavity (elliptic, size-relative geometry), a
-  Lamb-Oseen vortex, peak 0.5-10 px/frame (log-uniform; capped at 0.061 x
-  size so the core never turns more than 0.8 rad/frame), core radius
-  0.05-0.11 x size, centre anywhere in the cavity, drifting, plus a 0-12 %
+  Lamb-Oseen vortex, peak 0.5-10 px/frame (1/3 slow: log-uniform 0.5-1.5,
+  2/3 uniform 1.5-10; capped at 0.64 x
+  the core radius so the core never turns more than 1 rad/frame), core radius
+  0.05-0.14 x size (at most half the cavity's short semi-axis), centre
+  anywhere in the cavity, drifting, plus a 0-12 %
   contraction. Each step turns the material along exact circles, so the map
   is inverted in closed form. Truth: ``vortex_centres``, ``core_radius``.
 * ``myocardium``: short-axis wall (random centre, radii, thickness) that
@@ -30,7 +32,7 @@ Families (speeds in px per frame pair; sizes in px, square frames):
   (5-25 % of scatterers re-seeded per frame) and noise (0.03-0.3).
 * ``disk``: a tissue-mimicking disk (radius 0.3-0.42 x size) rotating rigidly
   about a fixed centre in water or gel, rim displacement 1-20 px per pair
-  (log-uniform), as an in-vitro rotating phantom. Truth: ``omega``
+  (1/3 log-uniform 1-4, 2/3 uniform 4-20), as an in-vitro rotating phantom. Truth: ``omega``
   (rad/frame, + = counter-clockwise on screen) and ``centre`` (y, x); the
   mask is the disk less 2 px at the rim.
 * ``real_echo``, ``real_piv``: real frames (the echo DICOM's channel 0, the
@@ -129,6 +131,18 @@ def _draw_speckle(rng) -> dict:
 
 def _loguniform(rng, lo, hi) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _slow_or_fast(rng, lo: float, mid: float, hi: float) -> float:
+    """A speed: with probability 1/3 log-uniform in [lo, mid] (slow), else uniform in [mid, hi].
+
+    A plain log-uniform draw over [lo, hi] rarely gives fast cases in a
+    suite of a few seeds per family; this keeps both regimes in every few draws.
+    """
+    hi = max(hi, mid)
+    if rng.random() < 1.0 / 3.0:
+        return _loguniform(rng, lo, mid)
+    return float(rng.uniform(mid, hi))
 
 
 def _rng(seed: int, family: str) -> np.random.Generator:
@@ -238,9 +252,9 @@ def vortex(seed: int, **overrides) -> SimulatedSequence:
     centre = np.array([0.5, 0.5]) * size + rng.uniform(-0.04, 0.04, 2) * size
     a0, b0 = float(rng.uniform(0.30, 0.38)) * size, float(rng.uniform(0.20, 0.27)) * size
     wall = 0.07 * size
-    core = float(rng.uniform(0.05, min(0.11, 0.45 * b0 / size))) * size
-    cap = 0.8 * 0.6382 * core  # peak speed at which the core turns 0.8 rad/frame
-    peak = _loguniform(rng, 0.5, max(min(10.0, cap), 0.55))
+    core = float(rng.uniform(0.05, min(0.14, 0.5 * b0 / size))) * size
+    cap = 0.6382 * core  # peak speed at which the core turns 1 rad/frame
+    peak = _slow_or_fast(rng, 0.5, 1.5, min(10.0, cap))
     sign = float(rng.choice([-1.0, 1.0]))
     shrink = float(rng.uniform(0.0, 0.12))
     phase = _cycle(n_frames)
@@ -460,7 +474,7 @@ def disk(seed: int, **overrides) -> SimulatedSequence:
     n_frames = int(overrides.get("n_frames") or n_frames)
     radius = float(rng.uniform(0.3, 0.42)) * size
     centre = np.array([0.5, 0.5]) * size + rng.uniform(-0.04, 0.04, 2) * size
-    rim = _loguniform(rng, 1.0, 20.0)  # chord length at the rim, px per pair
+    rim = _slow_or_fast(rng, 1.0, 4.0, 20.0)  # chord length at the rim, px per pair
     omega = float(2.0 * np.arcsin(min(rim / (2.0 * radius), 1.0))) * float(rng.choice([-1.0, 1.0]))
     background = float(rng.uniform(0.02, 0.3))
     margin = 10
