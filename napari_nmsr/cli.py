@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mask", help=".npy of booleans, (T, H, W) or (H, W): restrict loss and metrics (e.g. LV blood pool)")
     _add_engine_options(r)
     r.add_argument("--weights", help="weights file from `nmsr train` (for --variant nmsr_v)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", help="no progress bar and no time estimate")
+    r.add_argument("--no-estimate", action="store_true", help="skip the ~1 s calibration that prints the expected time")
 
     t = sub.add_parser("train", help="optimise NMSR_V starting weights over several sequences")
     t.add_argument("inputs", nargs="+", help="sequence files, or folders of sequence files")
@@ -57,10 +58,13 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="nmsr_vi", choices=VARIANTS)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--steps", type=int, help="optimisation steps per scale (default: the preset)")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="step budget (paper = 3500 per scale)")
+    from .core.register import DEFAULT_PRESET, PRESETS
+
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help=f"engine settings (default {DEFAULT_PRESET}; paper = the paper's loss and 3500 steps per scale)")
     p.add_argument("--scales", default="0.125,0.25,0.5,1", help="comma-separated scales, coarse to fine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: every available core)")
 
 
 def _config(args, **extra):
@@ -71,6 +75,11 @@ def _config(args, **extra):
         preset["steps"] = args.steps
     scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
     return RegistrationConfig(variant=args.variant, device=args.device, scales=scales, seed=args.seed, **preset, **extra)
+
+
+def _eta(ev) -> str:
+    eta = getattr(ev, "eta_s", None)
+    return "" if eta is None else f"ETA {eta:4.0f} s"
 
 
 class _Bar:
@@ -91,7 +100,7 @@ class _Bar:
         filled = int(round(width * ev.fraction))
         sys.stderr.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] scale {ev.scale_index + 1}/{ev.n_scales} "
-            f"(1/{1 / ev.scale:g}) step {ev.step}/{ev.n_steps} loss {ev.loss:+.4f}  "
+            f"(1/{1 / ev.scale:g}) step {ev.step}/{ev.n_steps} loss {ev.loss:+.4f}  {_eta(ev)}  "
         )
         sys.stderr.flush()
 
@@ -114,18 +123,22 @@ def _load_mask(path):
 def cmd_register(args) -> int:
     from .core.io import load_sequence
     from .core.register import register
+    from .core.threads import use_threads
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     seq = load_sequence(args.input)
     config = _config(args, weights=args.weights)
+    mask = _load_mask(args.mask)
+    if not args.quiet and not args.no_estimate:
+        from .core.estimate import estimate_seconds
+
+        t, h, w = seq.frames.shape
+        print(f"{t} frames {h}x{w}: {estimate_seconds(seq.frames, mask, config)}", file=sys.stderr, flush=True)
     bar = _Bar(args.quiet)
     started = time.perf_counter()
     try:
         result = register(
-            seq.frames, _load_mask(args.mask), config, progress=bar,
+            seq.frames, mask, config, progress=bar,
             frame_interval_s=seq.frame_interval_s, pixel_spacing_mm=seq.pixel_spacing_mm,
         )
     except KeyboardInterrupt:
@@ -160,10 +173,9 @@ def cmd_train(args) -> int:
     from .core.io import load_sequence
     from .core.train import train
 
-    if args.threads:
-        import torch
+    from .core.threads import use_threads
 
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     paths = []
     for item in args.inputs:
         p = Path(item)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "masked_mean"]
+__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
 
@@ -55,3 +55,18 @@ def smoothness_loss(field: torch.Tensor) -> torch.Tensor:
     dy = field[:, :, 1:, :] - field[:, :, :-1, :]
     dx = field[:, :, :, 1:] - field[:, :, :, :-1]
     return (dy * dy).mean() + (dx * dx).mean()
+
+
+def bending_loss(field: torch.Tensor) -> torch.Tensor:
+    """Bending energy ``mean(u_yy^2 + 2 u_xy^2 + u_xx^2)`` of a field (N, 2, H, W).
+
+    Second differences are zero for every affine field (translation, rotation,
+    shear, scaling), so unlike :func:`smoothness_loss` this term never shrinks
+    rigid rotation, vortex cores, twist or probe motion; it only penalises
+    curvature of the field, which is where speckle noise shows up.
+    """
+    uyy = field[:, :, 2:, :] - 2 * field[:, :, 1:-1, :] + field[:, :, :-2, :]
+    uxx = field[:, :, :, 2:] - 2 * field[:, :, :, 1:-1] + field[:, :, :, :-2]
+    d = field[:, :, 1:, :] - field[:, :, :-1, :]
+    uxy = d[:, :, :, 1:] - d[:, :, :, :-1]
+    return (uyy * uyy).mean() + (uxx * uxx).mean() + 2 * (uxy * uxy).mean()

@@ -37,7 +37,9 @@ import torch
 from .convention import compose, resize_field, resize_image, warp
 from .device import describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
-from .losses import ncc_loss, smoothness_loss
+from .global_motion import affine_fields
+from .roi import Box, paste_field, region_of_interest
+from .losses import bending_loss, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .unet import UNet
@@ -56,6 +58,10 @@ __all__ = [
 
 VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
 
+#: Field regularisers: ``diffusion`` is the paper's lambda * mean|grad u|^2;
+#: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion).
+REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
+
 #: Named step budgets. ``cpu``: tuned on the benchmark to be fast on a laptop;
 #: ``paper``: the paper's 3500 steps per scale (a GPU job).
 PRESETS = {
@@ -72,6 +78,10 @@ MIN_SCALE_SIZE = 12
 # quickly) and better per second (benchmark vortex EPE 0.40 -> 0.32 px at the
 # same time per pair). A GPU takes far more. Out-of-memory halves the batch.
 PIXELS_PER_STEP = {"cpu": 2**16, "mps": 2**21, "cuda": 2**23}
+#: Large scales train on random crops (see training_crop): at least this many
+#: per step, each at least MIN_CROP px on a side.
+MIN_PAIRS_PER_STEP = 4
+MIN_CROP = 64
 
 
 @dataclass
@@ -103,6 +113,10 @@ class RegistrationConfig:
     min_delta: float = 1e-3
     weights: str | None = None
     mask_margin: int = 6
+    regulariser: str = "diffusion"
+    affine: bool = False
+    crop: bool = True
+    crop_training: bool = True
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 16)
 
@@ -122,6 +136,8 @@ class RegistrationConfig:
             self.steps = int(self.steps)
         self.encoder = tuple(self.encoder)
         self.decoder = tuple(self.decoder)
+        if self.regulariser not in REGULARISERS:
+            raise ValueError(f"unknown regulariser {self.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
 
     @property
     def effective_scales(self) -> tuple[float, ...]:
@@ -148,7 +164,12 @@ class RegistrationConfig:
 
 @dataclass
 class Progress:
-    """One optimisation step: scale ``scale_index`` (0-based) of ``n_scales``."""
+    """One optimisation step: scale ``scale_index`` (0-based) of ``n_scales``.
+
+    ``overall`` is the share of the run's planned work done so far (scales
+    weighted by their pixel work, see :func:`work_plan`) and ``elapsed_s`` the
+    seconds since the run started; together they give :attr:`eta_s`.
+    """
 
     scale_index: int
     n_scales: int
@@ -156,11 +177,23 @@ class Progress:
     step: int
     n_steps: int
     loss: float
+    elapsed_s: float = 0.0
+    overall: float | None = None
 
     @property
     def fraction(self) -> float:
-        """Overall progress in [0, 1] (scales weighted equally)."""
+        """Overall progress in [0, 1] (by planned work when known, else scales weighted equally)."""
+        if self.overall is not None:
+            return self.overall
         return (self.scale_index + self.step / max(self.n_steps, 1)) / self.n_scales
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left, extrapolated from the time so far (None until 2 % is done)."""
+        f = self.fraction
+        if f < 0.02 or self.elapsed_s <= 0:
+            return None
+        return self.elapsed_s * (1.0 - f) / f
 
 
 @dataclass
@@ -180,6 +213,18 @@ class ScaleDone:
 
 class _Cancelled(Exception):
     pass
+
+
+def _cancel_hook(cancel):
+    """A callable that raises _Cancelled when ``cancel()`` says so (for inner loops)."""
+    if cancel is None:
+        return None
+
+    def check():
+        if cancel():
+            raise _Cancelled()
+
+    return check
 
 
 def validate_frames(frames) -> np.ndarray:
@@ -287,17 +332,17 @@ def register_iter(
 
     t, h, w = frames.shape
     n_pairs = t - 1
-    frames_t = torch.from_numpy(frames).to(device)[:, None]
-    moving_full, fixed_full = frames_t[:-1], frames_t[1:]
-    loss_mask = mask if not config.mask_margin or mask is None else _dilate(mask, config.mask_margin)
-    mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(loss_mask[1:])).to(device)[:, None].float()
-    score_mask = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[1:])).to(device)
+    box, moving_full, fixed_full, mask_full, score_mask = prepare_inputs(frames, mask, config, device)
 
     scales = config.effective_scales
-    field_full = torch.zeros((n_pairs, 2, h, w), device=device)
+    run_started = time.perf_counter()
+    plan = work_plan(n_pairs, box.shape, config, device)
+    field_full = torch.zeros((n_pairs, 2) + box.shape, device=device)
     net: UNet | None = None
     state = {"divisor": 1}
-    with torch.no_grad():  # frame t warped by the composed field so far (identity yet)
+    if config.affine:
+        field_full = affine_fields(moving_full, fixed_full, mask_full, config.ncc_radius, cancel=_cancel_hook(cancel))
+    with torch.no_grad():  # frame t warped by the composed field so far
         warped_full = _chunked(warp, moving_full, field_full)
     for k, s in enumerate(scales):
         started = time.perf_counter()
@@ -306,12 +351,62 @@ def register_iter(
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
-            yield Progress(k, len(scales), s, step, n_steps, loss_value)
+            done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
+            yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
         field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state)))
         with torch.no_grad():  # one warp serves the metrics and the next scale's input
             warped_full = _chunked(warp, moving_full, field_full)
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
-        yield ScaleDone(k, len(scales), s, field_full.cpu().numpy(), mse, cc, step, time.perf_counter() - started, loss_value)
+        field_out = paste_field(field_full, box, (h, w))
+        yield ScaleDone(k, len(scales), s, field_out.cpu().numpy(), mse, cc, step, time.perf_counter() - started, loss_value)
+
+
+def prepare_inputs(frames: np.ndarray, mask: np.ndarray | None, config: "RegistrationConfig", device):
+    """Validated frames and mask -> (box, moving, fixed, loss mask, score mask) on the device.
+
+    Only the box that matters is registered (mask or sector, plus room for the
+    NCC window and the motion; :mod:`napari_nmsr.core.roi`); the field is
+    extended beyond it at the end. moving/fixed (T-1, 1, h, w); the loss mask
+    is the mask grown by ``mask_margin`` (float), the score mask the mask as
+    drawn (bool), both on frame t+1, or None.
+    """
+    t, h, w = frames.shape
+    loss_mask = mask if not config.mask_margin or mask is None else _dilate(mask, config.mask_margin)
+    box = region_of_interest(frames, loss_mask, roi_margin(config, (h, w))) if config.crop else Box((0, h, 0, w))
+    sy, sx = box.slices
+    frames_t = torch.from_numpy(np.ascontiguousarray(frames[:, sy, sx])).to(device)[:, None]
+    mask_full = None if mask is None else torch.from_numpy(np.ascontiguousarray(loss_mask[1:, sy, sx])).to(device)[:, None].float()
+    score_mask = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[1:, sy, sx])).to(device)
+    return box, frames_t[:-1], frames_t[1:], mask_full, score_mask
+
+
+def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig", device) -> list[float]:
+    """Shares of the run's work: [affine stage, scale 0, scale 1, ...], summing to 1.
+
+    Pixel counts: a training step costs ~3 passes over its batch's pixels
+    (forward, backward), the final field one forward over every pair, the
+    affine stage its steps over images of at most 128 px. Used for progress
+    and ETA; :mod:`napari_nmsr.core.estimate` measures real seconds.
+    """
+    from .global_motion import AFFINE_SIZES, AFFINE_STEPS
+
+    work = [0.0]
+    if config.affine:
+        f = min(1.0, AFFINE_SIZES[-1] / max(size))
+        work[0] = 0.3 * n_pairs * size[0] * size[1] * f * f * sum(AFFINE_STEPS) / len(AFFINE_STEPS)
+    for k, s in enumerate(config.effective_scales):
+        h, w = scale_size(size, s)
+        crop = training_crop((h, w), device) if config.crop_training and not config.batch_size else None
+        px = crop[0] * crop[1] if crop else h * w
+        batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device)
+        work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
+    total = sum(work) or 1.0
+    return [x / total for x in work]
+
+
+def roi_margin(config: "RegistrationConfig", size: tuple[int, int]) -> int:
+    """Pixels added around the mask/sector box: the NCC window plus the motion it may pull from."""
+    return config.ncc_radius + max(16, round(0.08 * max(size)))
 
 
 def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device) -> int:
@@ -323,8 +418,31 @@ def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device) -> 
 def batch_for(data: "ScaleData", config, device, state) -> int:
     """This scale's batch: the configured or default size, halved after each OOM."""
     n = data.moving.shape[0]
-    batch = min(n, config.batch_size) if config.batch_size else default_batch(n, tuple(data.moving.shape[-2:]), device)
+    if config.batch_size:
+        batch = min(n, config.batch_size)
+    else:
+        crop = training_crop(tuple(data.moving.shape[-2:]), device) if config.crop_training else None
+        size = crop or tuple(data.moving.shape[-2:])
+        batch = default_batch(n, size, device)
     return max(1, batch // state["divisor"])
+
+
+def training_crop(size: tuple[int, int], device: torch.device) -> tuple[int, int] | None:
+    """Crop (h, w) for the optimisation steps of a large scale, or None for whole frames.
+
+    When fewer than MIN_PAIRS_PER_STEP whole frames fit the device's pixel
+    budget, each step takes that many random crops instead (the U-Net is
+    convolutional, so the trained weights then run on the whole frames):
+    a step's cost no longer grows with the frame, only the final inference
+    does.
+    """
+    budget = PIXELS_PER_STEP.get(device.type, PIXELS_PER_STEP["cpu"])
+    h, w = size
+    if h * w * MIN_PAIRS_PER_STEP <= budget:
+        return None
+    side = max(MIN_CROP, int(math.sqrt(budget / MIN_PAIRS_PER_STEP)))
+    crop = (min(h, side), min(w, side))
+    return None if crop == (h, w) else crop
 
 
 def scale_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -381,8 +499,10 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
         n = data.moving.shape[0]
         batch = batch_for(data, config, device, state)
         idx = _batch_indices(n, batch, step + 1)
+        crop = None if config.batch_size or not config.crop_training else training_crop(tuple(data.moving.shape[-2:]), device)
+        window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
-            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device)
+            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
@@ -404,14 +524,26 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
             return
 
 
-def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device) -> torch.Tensor:
-    mv, fx = moving[idx], fixed[idx]
-    mk = None if mask is None else mask[idx]
+def _crop_window(size, crop, step: int) -> tuple[slice, slice]:
+    """A random (seeded by the step) window of size ``crop`` in ``size``; everything when crop is None."""
+    if crop is None:
+        return slice(None), slice(None)
+    g = torch.Generator().manual_seed(10_000 + step)
+    y0 = int(torch.randint(0, size[0] - crop[0] + 1, (1,), generator=g))
+    x0 = int(torch.randint(0, size[1] - crop[1] + 1, (1,), generator=g))
+    return slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1])
+
+
+def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None))) -> torch.Tensor:
+    wy, wx = window
+    mv, fx = moving[idx][..., wy, wx], fixed[idx][..., wy, wx]
+    mk = None if mask is None else mask[idx][..., wy, wx]
     optimiser.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, enabled=use_amp):
         field = net(mv, fx)
     field = field.float()  # NCC sums and warping stay in float32
-    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + config.smoothness * smoothness_loss(field)
+    regulariser = REGULARISERS[config.regulariser]
+    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + config.smoothness * regulariser(field)
     if not torch.isfinite(loss):
         raise SequenceError("the optimisation diverged (loss is not finite); check the frames for corrupt values")
     loss.backward()

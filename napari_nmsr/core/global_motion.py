@@ -1,0 +1,114 @@
+"""Global (affine) motion of every frame pair, found before the U-Net scales.
+
+Probe motion moves and turns the whole image by up to ~20 px per frame, and a
+rotating structure (a phantom disk, a twisting ventricle) is a rotation
+everywhere. A smoothness-regularised U-Net at 1/8 scale both loses such
+motion (capture range) and shrinks it (any first-order penalty charges a
+rotation ``2 omega^2`` per pixel). Six parameters per pair, optimised without
+any regulariser on the same masked local NCC over a small pyramid, capture
+it cheaply (images of at most ``max(sizes)`` px); the U-Net scales then
+register what is left (:mod:`napari_nmsr.core.register`).
+
+The field is ``u(p) = b + A (p - c)`` in the project convention
+(:mod:`napari_nmsr.core.convention`: pull, (dy, dx), px of the full frame),
+with ``c`` the centre of the region (mask centroid of the fixed frame, else
+the image centre) so that translation and rotation are well separated. A pair
+whose fitted affine matches worse than no motion keeps no motion.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .convention import pixel_grid, resize_image, warp
+from .losses import local_cc_map, masked_mean
+
+__all__ = ["affine_fields", "AFFINE_SIZES", "AFFINE_STEPS"]
+
+#: Long side (px) of the pyramid levels, and Adam steps per level.
+AFFINE_SIZES = (32, 64, 128)
+AFFINE_STEPS = (150, 100, 60)
+#: Adam step sizes per level: translation in units of half the long side, the
+#: affine matrix dimensionless (a rotation of 0.001 rad per step).
+_LR = ((0.02, 0.01), (0.006, 0.004), (0.002, 0.0015))
+
+
+def _level_size(full: tuple[int, int], long_side: int) -> tuple[int, int]:
+    h, w = full
+    f = min(1.0, long_side / max(h, w))
+    return max(8, round(h * f)), max(8, round(w * f))
+
+
+def _field_on(grid_full: torch.Tensor, b: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """u(p) = b + A (p - c) at full-resolution points grid_full (2, h, w) -> (N, 2, h, w) full px."""
+    d = grid_full[None] - c[:, :, None, None]  # (N, 2, h, w)
+    return b[:, :, None, None] + torch.einsum("nij,njhw->nihw", a, d)
+
+
+def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None,
+                  radius: int = 6, sizes=AFFINE_SIZES, steps=AFFINE_STEPS,
+                  cancel=None) -> torch.Tensor:
+    """Affine pull field per pair. moving, fixed: (N, 1, H, W); mask (N, 1, H, W) float or None.
+
+    Returns (N, 2, H, W) float32, px of the full frame, project convention.
+    ``cancel()`` is polled every step (raise from it to stop).
+    """
+    n, _, H, W = fixed.shape
+    device = fixed.device
+    half = max(H, W) / 2.0
+    if mask is not None:
+        weight = mask[:, 0]
+        total = weight.sum(dim=(1, 2)).clamp_min(1.0)
+        g = pixel_grid(H, W, device=device)
+        c = torch.stack([(weight * g[i]).sum(dim=(1, 2)) / total for i in range(2)], dim=1)
+    else:
+        c = torch.tensor([(H - 1) / 2.0, (W - 1) / 2.0], device=device).expand(n, 2).clone()
+    t = torch.zeros(n, 2, device=device, requires_grad=True)  # translation / half
+    a = torch.zeros(n, 2, 2, device=device, requires_grad=True)
+    levels = []
+    for long_side in sizes:
+        size = _level_size((H, W), long_side)
+        if levels and size == levels[-1]:
+            continue
+        levels.append(size)
+    for li, size in enumerate(levels):
+        h, w = size
+        mv, fx = resize_image(moving, size), resize_image(fixed, size)
+        mk = None if mask is None else (resize_image(mask, size) > 0.5).float()
+        fy, fxs = (H - 1) / max(h - 1, 1), (W - 1) / max(w - 1, 1)
+        factor = torch.tensor([fy, fxs], device=device).view(1, 2, 1, 1)
+        grid_full = pixel_grid(h, w, device=device) * factor[0]
+        lr_t, lr_a = _LR[min(li, len(_LR) - 1)]
+        opt = torch.optim.Adam([{"params": [t], "lr": lr_t}, {"params": [a], "lr": lr_a}])
+        n_steps = steps[min(li, len(steps) - 1)]
+        for _ in range(n_steps):
+            if cancel is not None:
+                cancel()
+            opt.zero_grad(set_to_none=True)
+            u = _field_on(grid_full, t * half, a, c) / factor
+            loss = -masked_mean(local_cc_map(warp(mv, u), fx, radius), mk)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        field = _field_on(pixel_grid(H, W, device=device), t * half, a, c)
+        keep = _better_than_identity(moving, fixed, mask, field, radius)
+        field[~keep] = 0.0
+    return field.detach()
+
+
+@torch.no_grad()
+def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
+    """(N,) bool: the affine field's local CC beats no motion (checked on a <=128 px grid)."""
+    size = _level_size(tuple(fixed.shape[-2:]), 128)
+    H, W = fixed.shape[-2:]
+    mv, fx = resize_image(moving, size), resize_image(fixed, size)
+    mk = None if mask is None else (resize_image(mask, size) > 0.5).float()
+    f = torch.nn.functional.interpolate(field, size=size, mode="bilinear", align_corners=True)
+    f = f / torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=field.device).view(1, 2, 1, 1)
+    out = []
+    for i in range(field.shape[0]):
+        m = None if mk is None else mk[i : i + 1]
+        cc_aff = masked_mean(local_cc_map(warp(mv[i : i + 1], f[i : i + 1]), fx[i : i + 1], radius), m)
+        cc_id = masked_mean(local_cc_map(mv[i : i + 1], fx[i : i + 1], radius), m)
+        out.append(bool(cc_aff >= cc_id))
+    return torch.tensor(out, device=field.device)

@@ -1,0 +1,70 @@
+"""The part of the frame worth registering: the mask's box, or the echo sector.
+
+An echo frame is mostly black outside the scan sector, and a drawn LV mask
+covers a fraction of it. Every pixel the U-Net sees costs time at every step,
+so the engine registers only this box (grown by a margin so the local NCC
+window and the motion stay inside it) and extends the field beyond it with
+its edge values (the convention's ``border`` rule).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Box", "region_of_interest", "paste_field"]
+
+#: A pixel belongs to the sector when its brightest value over the cine exceeds this.
+SECTOR_LEVEL = 0.02
+
+
+class Box(tuple):
+    """(y0, y1, x0, x1), half-open, in pixels of the full frame."""
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self[0], self[1]), slice(self[2], self[3])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self[1] - self[0], self[3] - self[2]
+
+
+def region_of_interest(frames: np.ndarray, mask: np.ndarray | None, margin: int, min_size: int = 32) -> Box:
+    """Box around the mask (any frame) or, without a mask, around the sector, grown by ``margin``.
+
+    frames (T, H, W) in [0, 1]; mask (T, H, W) bool or None. Never smaller
+    than ``min_size`` (nor the frame) on either side.
+    """
+    _, h, w = frames.shape
+    if mask is not None:
+        region = mask.any(axis=0)
+    else:
+        region = frames.max(axis=0) > SECTOR_LEVEL
+    if not region.any():
+        return Box((0, h, 0, w))
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    y0, y1 = _grow(rows[0], rows[-1] + 1, margin, h, min_size)
+    x0, x1 = _grow(cols[0], cols[-1] + 1, margin, w, min_size)
+    return Box((y0, y1, x0, x1))
+
+
+def _grow(lo: int, hi: int, margin: int, size: int, min_size: int) -> tuple[int, int]:
+    lo, hi = max(0, int(lo) - margin), min(size, int(hi) + margin)
+    short = min(min_size, size) - (hi - lo)
+    if short > 0:
+        lo = max(0, lo - (short + 1) // 2)
+        hi = min(size, lo + min(min_size, size))
+        lo = hi - min(min_size, size)
+    return lo, hi
+
+
+def paste_field(field: torch.Tensor, box: Box, full: tuple[int, int]) -> torch.Tensor:
+    """A field (N, 2, h, w) on the box -> (N, 2, H, W) on the frame, edge values outside."""
+    H, W = full
+    y0, y1, x0, x1 = box
+    if (y0, y1, x0, x1) == (0, H, 0, W):
+        return field
+    return F.pad(field, (x0, W - x1, y0, H - y1), mode="replicate")
