@@ -62,12 +62,17 @@ VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
 #: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion).
 REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 
-#: Named step budgets. ``cpu``: tuned on the benchmark to be fast on a laptop;
-#: ``paper``: the paper's 3500 steps per scale (a GPU job).
+#: Named engine settings (RegistrationConfig overrides). ``default`` is what
+#: ``RegistrationConfig()`` gives; ``paper`` is the paper's loss (diffusion
+#: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
+#: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "cpu": {"steps": (400, 300, 100, 120)},
-    "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0},
+    "default": {"steps": (400, 300, 100, 120)},
+    "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
+              "affine": False},
 }
+PRESETS["cpu"] = PRESETS["default"]
+DEFAULT_PRESET = "default"
 
 # Smallest side of a coarse scale; below this the U-Net has nothing to see.
 MIN_SCALE_SIZE = 12
@@ -101,7 +106,7 @@ class RegistrationConfig:
 
     variant: str = "nmsr_vi"
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
-    steps: int | tuple[int, ...] = PRESETS["cpu"]["steps"]
+    steps: int | tuple[int, ...] = PRESETS["default"]["steps"]
     lr: float = 1e-3
     smoothness: float = 10.0
     ncc_radius: int = 6
