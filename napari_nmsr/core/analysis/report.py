@@ -89,11 +89,10 @@ CSV_COLUMNS = ("t", "time", "vortex_centre_x", "vortex_centre_y", "vortex_centre
 
 
 def read_mask(path) -> np.ndarray:
-    """Load a mask saved with ``numpy.save`` (.npy, (H, W) or (T, H, W)); MaskError if unreadable."""
-    try:
-        return np.load(Path(path), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise MaskError(f"cannot read the mask file {path}: {exc} (expected a .npy array saved with numpy.save)") from exc
+    """Load a mask file (.npy / .tif, (H, W) or (T, H, W), booleans or 0/1); MaskError otherwise."""
+    from ..export import load_masks
+
+    return load_masks(path)
 
 
 def _load(result) -> tuple[RegistrationResult, str | None]:
