@@ -370,7 +370,8 @@ def _load_numpy(path: Path, max_frames: int | None):
                 array = archive[key]
                 interval, spacing = _npz_geometry(archive)
         else:
-            check_npy_file(path, SequenceError, "a sequence")
+            if check_npy_file(path, SequenceError, "a sequence")[1].hasobject:
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         if "pickle" not in str(e):

@@ -109,8 +109,8 @@ def check_npy_file(path, error: type[NMSRError], what: str = "an array") -> tupl
     if nbytes > budget:
         raise error(_too_big(path.name, what, nbytes, path.stat().st_size, budget))
     if not dtype.hasobject and path.stat().st_size < offset + nbytes:
-        raise error(f"'{path.name}' is truncated: its header declares {human_bytes(nbytes)} of data but the file "
-                    f"holds {human_bytes(path.stat().st_size - offset)} (an interrupted copy?).")
+        raise error(f"'{path.name}' is truncated: its header declares {nbytes} bytes of data but the file "
+                    f"holds {path.stat().st_size - offset} (an interrupted copy?).")
     return shape, dtype
 
 
@@ -152,7 +152,7 @@ def check_npz_file(path, error: type[NMSRError], what: str = "arrays", keys=None
     return headers
 
 
-def check_zip_file(path, error: type[NMSRError], what: str = "data") -> int:
+def check_zip_file(path, error: type[NMSRError], what: str = "a zip archive") -> int:
     """Total declared size of a zip (e.g. a ``torch.save`` file), refused when over the limits."""
     path = Path(path)
     budget = memory_budget_bytes()
@@ -160,7 +160,7 @@ def check_zip_file(path, error: type[NMSRError], what: str = "data") -> int:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
-        raise error(f"'{path.name}' is not a readable {what} file: it is damaged or incomplete, or another format "
+        raise error(f"'{path.name}' cannot be read as {what}: it is damaged or incomplete, or another format "
                     f"renamed ({type(exc).__name__}: {exc}).") from exc
     total = 0
     for info in infos:

@@ -94,7 +94,7 @@ def load_weights(path: str | os.PathLike) -> dict:
         raise WeightsFileError(f"weights file not found: {path}" if not path.is_dir()
                                else f"{path} is a folder, not a weights file")
     name = path.name
-    check_zip_file(path, WeightsFileError, "a weights")
+    check_zip_file(path, WeightsFileError, "a napari-nmsr weights file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
