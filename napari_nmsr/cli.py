@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .cli_checks import (
+    OneLineParser,
     check_outputs_distinct,
     output_file,
     positive_int,
@@ -27,7 +28,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nmsr", description="Neural multi-scale self-supervised registration for echo sequences.")
+    p = OneLineParser(prog="nmsr", description="Neural multi-scale self-supervised registration for echo sequences.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("register", help="register a sequence; write a result NPZ")

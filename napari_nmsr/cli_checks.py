@@ -21,6 +21,7 @@ from .core.errors import NMSRError
 
 __all__ = [
     "ArgumentError",
+    "OneLineParser",
     "positive_int",
     "output_file",
     "check_outputs_distinct",
@@ -32,6 +33,13 @@ __all__ = [
 
 class ArgumentError(NMSRError, ValueError):
     """A command-line argument that cannot work (checked before any work starts)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line on stderr, exit status 2 (``--help`` unchanged)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -54,11 +62,12 @@ def output_file(path, what: str, suffix: str | None = None) -> Path:
     under an existing file, or a folder (the nearest existing one, since
     missing folders are created) that this user cannot write to.
     """
-    p = Path(path).expanduser()
-    if suffix and p.suffix != suffix and not str(p).endswith(os.sep):
-        p = p.with_name(p.name + suffix)
-    if p.is_dir() or str(path).endswith(("/", os.sep)):
+    given = Path(path).expanduser()
+    if given.is_dir() or str(path).endswith(("/", os.sep)):
         raise ArgumentError(f"the {what} '{path}' is a folder; give a file name")
+    p = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
+    if p.is_dir():
+        raise ArgumentError(f"the {what} '{p}' is a folder; give a file name")
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
