@@ -80,3 +80,14 @@ def test_loaded_values_are_the_saved_ones(tmp_path):
     np.testing.assert_array_equal(res.fields, good["fields"])
     assert res.scales == (0.5, 1.0) and res.frame_interval_s == pytest.approx(0.02)
     assert res.pixel_spacing_mm == pytest.approx((0.3, 0.3)) and list(res.steps_run) == [3, 3]
+
+
+def test_analysis_too_big_for_the_budget_is_refused_before_it_starts(tmp_path, monkeypatch):
+    from napari_nmsr.core.analysis.report import analyze_result
+
+    path = _good_result(tmp_path)
+    monkeypatch.setenv(BUDGET_ENV, str(200 * 2**10 / 2**30))  # 200 KB: the file loads (~80 KB), its analysis would not
+    with pytest.raises(ResultFileError, match="Analysing good.npz .* would need about"):
+        analyze_result(path)
+    monkeypatch.delenv(BUDGET_ENV)
+    assert len(analyze_result(path)["pairs"]) == 3

@@ -301,7 +301,7 @@ def load_masks(path) -> np.ndarray:
         raise MaskError(f"mask file not found: {path}" if not path.is_dir() else f"{path} is a folder, not a mask file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        _, dtype = check_npy_file(path, MaskError, "a mask")
+        _, dtype = check_npy_file(path, MaskError, "a mask file")
         if dtype.hasobject:
             raise MaskError(f"'{path.name}' holds Python objects, not mask values; save a bool array with numpy.save.")
         try:

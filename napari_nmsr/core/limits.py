@@ -35,6 +35,7 @@ __all__ = [
     "check_npy_file",
     "check_npz_file",
     "check_zip_file",
+    "check_work_memory",
 ]
 
 BUDGET_ENV = "NMSR_MEMORY_BUDGET_GB"
@@ -103,7 +104,8 @@ def check_npy_file(path, error: type[NMSRError], what: str = "an array") -> tupl
     except OSError as exc:
         raise error(f"'{path.name}' cannot be opened ({exc.strerror or exc}).") from exc
     except ValueError as exc:
-        raise error(f"'{path.name}' is not a NumPy .npy file (it is damaged, or another format renamed).") from exc
+        raise error(f"'{path.name}' is not a NumPy .npy file (it is damaged, or another format renamed); expected "
+                    f"{what} saved with numpy.save.") from exc
     nbytes = _declared_bytes(shape, dtype)
     budget = memory_budget_bytes()
     if nbytes > budget:
@@ -172,3 +174,12 @@ def check_zip_file(path, error: type[NMSRError], what: str = "a zip archive") ->
     if total > budget:
         raise error(_too_big(path.name, what, total, path.stat().st_size, budget))
     return total
+
+
+def check_work_memory(nbytes: int, what: str, error: type[NMSRError]) -> None:
+    """Refuse work estimated to need ``nbytes`` of memory when that is over the budget."""
+    budget = memory_budget_bytes()
+    if nbytes > budget:
+        raise error(f"{what} would need about {human_bytes(nbytes)} of memory, more than the limit of "
+                    f"{human_bytes(budget)}. Raise the limit with the environment variable {BUDGET_ENV} "
+                    "(gigabytes) on a computer with enough memory, or analyse a cropped or shorter sequence.")
