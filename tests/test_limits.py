@@ -91,3 +91,17 @@ def test_analysis_too_big_for_the_budget_is_refused_before_it_starts(tmp_path, m
         analyze_result(path)
     monkeypatch.delenv(BUDGET_ENV)
     assert len(analyze_result(path)["pairs"]) == 3
+
+
+def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path):
+    good = good_result_arrays()
+    fields = good["fields"].copy()
+    fields[0, 0, 0, 0, 0] = np.nan
+    res = RegistrationResult(fields=fields, scales=(0.5, 1.0), metrics={"mse": good["mse"], "mean_cc": good["mean_cc"]})
+    with pytest.raises(ResultFileError, match="NaN"):
+        res.save(tmp_path / "diverged.npz")
+    res.scales = (0.5,)  # scales no longer match the fields
+    res.fields = good["fields"]
+    with pytest.raises(ResultFileError, match="'scales' has shape"):
+        res.save(tmp_path / "diverged.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -39,7 +39,7 @@ from .convention import CONVENTION, motion_from_field
 from .errors import ResultFileError
 from .export import atomic_write
 
-__all__ = ["FORMAT_VERSION", "RESULT_KEYS", "RegistrationResult", "read_result_arrays"]
+__all__ = ["FORMAT_VERSION", "RESULT_KEYS", "RegistrationResult", "read_result_arrays", "check_result_arrays"]
 
 FORMAT_VERSION = 1
 
@@ -147,6 +147,7 @@ class RegistrationResult:
         if velocity is not None:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
         return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
 
     @classmethod
@@ -237,6 +238,21 @@ def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ResultFileError(f"{name} is damaged: its arrays cannot be read ({type(exc).__name__}: {exc})") from exc
     _check_values(name, data)
     return data
+
+
+def check_result_arrays(name: str, data: dict[str, np.ndarray]) -> None:
+    """The checks of :func:`read_result_arrays` on arrays in memory (``save`` runs them before writing)."""
+    missing = [k for k in RESULT_KEYS if k not in data]
+    if missing:
+        raise ResultFileError(f"{name}: the key(s) {', '.join(map(repr, missing))} are missing")
+    dims: dict[str, int] = {}
+    for key, (kinds, pattern) in {**RESULT_KEYS, **OPTIONAL_KEYS}.items():
+        if key in data:
+            arr = np.asarray(data[key])
+            _check_header(name, key, arr.shape, arr.dtype, kinds, pattern, dims)
+    if int(data["format_version"]) != FORMAT_VERSION:
+        raise ResultFileError(f"{name}: format_version {int(data['format_version'])} is not {FORMAT_VERSION}")
+    _check_values(name, {k: np.asarray(v) for k, v in data.items()})
 
 
 def _check_header(name, key, shape, dtype, kinds, pattern, dims) -> None:
