@@ -131,6 +131,12 @@ def run_quietly(prog: str, command: str, handler: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"{prog} {command}: interrupted; nothing written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which has quit: not an error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except (NMSRError, ValueError, OSError, MemoryError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, MemoryError) and not isinstance(exc, NMSRError):

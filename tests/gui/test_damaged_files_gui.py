@@ -45,3 +45,24 @@ def test_every_damaged_file_is_refused_and_the_layers_stay(make_napari_viewer, t
         np.testing.assert_array_equal(image.data, frames)
         opened += 1
     assert opened >= 80
+
+
+def test_a_damaged_weights_file_is_refused_when_run_is_pressed(make_napari_viewer, tmp_path, monkeypatch):
+    from gui_helpers import add_small_sequence, open_panel, set_run
+    from napari_nmsr._widget import registration_section
+
+    errors = []
+    monkeypatch.setattr(registration_section, "show_error", errors.append)
+    paths = build_corpus(tmp_path / "corpus")
+    viewer = make_napari_viewer()
+    image, _ = add_small_sequence(viewer, n_frames=3)
+    widget = open_panel(viewer)
+    widget.sequence.select_layer(image)
+    set_run(widget, "1", "2")
+    reg = widget.registration
+    reg.variant.setCurrentIndex(reg.variant.findData("nmsr_v"))
+    for case in ("weights-misshaped_tensor", "weights-zip_bomb", "weights-text_renamed"):
+        reg.weights.setText(str(paths[case]))
+        assert reg.run() is None and not reg.running
+        assert paths[case].name in errors[-1]
+    assert [lyr.name for lyr in viewer.layers] == [image.name]
