@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskError, ResultFileError
+from ..errors import ResultFileError
 from ..export import atomic_write
 from ..limits import check_work_memory
 from ..result import RegistrationResult
