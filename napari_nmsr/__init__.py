@@ -35,6 +35,7 @@ _API = {
     "SequenceError": "napari_nmsr.core.errors",
     "MaskError": "napari_nmsr.core.errors",
     "ResultFileError": "napari_nmsr.core.errors",
+    "WeightsFileError": "napari_nmsr.core.errors",
     "DeviceMemoryError": "napari_nmsr.core.errors",
     "train": "napari_nmsr.core.train",
 }

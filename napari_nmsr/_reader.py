@@ -32,11 +32,11 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
 
 
 def is_result_file(path: str | Path) -> bool:
-    """An NPZ the engine wrote (it holds 'fields' and 'format_version')."""
+    """An NPZ the engine wrote (it holds 'fields' and 'format_version'); never raises."""
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # any damage (bad directory, unsupported zip version...) means "not a result"
         return False
     return {"fields.npy", "format_version.npy"} <= names
 

@@ -1,8 +1,9 @@
 """The ``nmsr`` command line: register, train, analyze, info.
 
-Thin like the GUI: it parses arguments, calls the engine in
-``napari_nmsr.core`` and prints. Errors from the engine are printed as one
-line (exit status 2), never as a traceback.
+Thin like the GUI: it parses arguments, checks them before any work
+(:mod:`napari_nmsr.cli_checks`), calls the engine in ``napari_nmsr.core``
+and prints. Errors are printed as one line (exit status 2, Ctrl-C 130),
+never as a traceback.
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .core.errors import NMSRError
+from .cli_checks import (
+    OneLineParser,
+    check_outputs_distinct,
+    output_file,
+    positive_int,
+    read_mask_argument,
+    read_weights_argument,
+    run_quietly,
+)
 
 __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nmsr", description="Neural multi-scale self-supervised registration for echo sequences.")
+    p = OneLineParser(prog="nmsr", description="Neural multi-scale self-supervised registration for echo sequences.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("register", help="register a sequence; write a result NPZ")
     r.add_argument("input", help="DICOM, AVI/MP4, TIFF, image folder, or .npy/.npz of shape (T, H, W) in [0, 1]")
     r.add_argument("--out", required=True, help="result file (.npz)")
-    r.add_argument("--mask", help=".npy of booleans, (T, H, W) or (H, W): restrict loss and metrics (e.g. LV blood pool)")
+    r.add_argument("--mask", help=".npy (or .tif) of booleans or 0/1, (T, H, W) or (H, W): restrict loss and metrics "
+                   "(e.g. LV blood pool)")
     _add_engine_options(r)
     r.add_argument("--weights", help="weights file from `nmsr train` (for --variant nmsr_v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no time estimate")
@@ -43,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("result", help="result .npz from `nmsr register`")
     a.add_argument("--json", required=True, help="output JSON (schema in the docs)")
     a.add_argument("--csv", help="also write one CSV row per frame pair")
-    a.add_argument("--mask", help=".npy mask (T, H, W) or (H, W); default: whole frame")
+    a.add_argument("--mask", help=".npy (or .tif) mask of booleans or 0/1, (T, H, W) or (H, W); default: whole frame")
     a.add_argument("--scale", type=int, default=-1, help="scale index to analyse (default: finest)")
     a.add_argument("--backward", help="result of the REVERSED sequence (same scales): adds forward-backward consistency")
 
@@ -57,14 +65,14 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--variant", default="nmsr_vi", choices=VARIANTS)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--steps", type=int, help="optimisation steps per scale (default: the preset)")
+    p.add_argument("--steps", type=positive_int, help="optimisation steps per scale, >= 1 (default: the preset)")
     from .core.register import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help=f"engine settings (default {DEFAULT_PRESET}; paper = the paper's loss and 3500 steps per scale)")
     p.add_argument("--scales", default="0.125,0.25,0.5,1", help="comma-separated scales, coarse to fine")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: every available core)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch, >= 1 (default: every available core)")
 
 
 def _config(args, **extra):
@@ -109,26 +117,17 @@ class _Bar:
             sys.stderr.write("\n")
 
 
-def _load_mask(path):
-    from .core.errors import MaskError
-
-    if path is None:
-        return None
-    try:
-        return np.load(path, allow_pickle=False).astype(bool)
-    except Exception as exc:
-        raise MaskError(f"cannot read mask {path}: {exc}") from exc
-
-
 def cmd_register(args) -> int:
-    from .core.io import load_sequence
-    from .core.register import register
-    from .core.threads import use_threads
-
-    use_threads(args.threads)
-    seq = load_sequence(args.input)
+    out = output_file(args.out, "result file", ".npz")
+    mask = read_mask_argument(args.mask)
+    read_weights_argument(args.weights)
     config = _config(args, weights=args.weights)
-    mask = _load_mask(args.mask)
+    from .core.io import load_sequence
+    from .core.register import register, validate_mask
+
+    seq = load_sequence(args.input)
+    validate_mask(mask, seq.frames.shape)
+    _set_threads(args.threads)
     if not args.quiet and not args.no_estimate:
         from .core.estimate import estimate_seconds
 
@@ -146,7 +145,7 @@ def cmd_register(args) -> int:
         print("interrupted; nothing written", file=sys.stderr)
         return 130
     bar.done()
-    path = result.save(args.out)
+    path = result.save(out)
     elapsed = time.perf_counter() - started
     t, h, w = seq.frames.shape
     print(f"{seq.source}: {t} frames {h}x{w}, {args.variant} on {result.device}, {elapsed:.1f} s "
@@ -169,13 +168,19 @@ def format_metrics_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _set_threads(threads: int | None) -> None:
+    """torch threads: the given number, else every available core (core/threads.py)."""
+    from .core.threads import use_threads
+
+    use_threads(threads)
+
+
 def cmd_train(args) -> int:
+    out = output_file(args.out, "weights file")
+    config = _config(args)
     from .core.io import load_sequence
     from .core.train import train
 
-    from .core.threads import use_threads
-
-    use_threads(args.threads)
     paths = []
     for item in args.inputs:
         p = Path(item)
@@ -184,8 +189,9 @@ def cmd_train(args) -> int:
         else:
             paths.append(p)
     seqs = [load_sequence(p).frames for p in paths]
+    _set_threads(args.threads)
     bar = _Bar(args.quiet)
-    out = train(seqs, args.out, _config(args), progress=bar)
+    out = train(seqs, out, config, progress=bar)
     bar.done()
     print(f"trained on {len(seqs)} sequences; wrote {out}")
     return 0
@@ -196,15 +202,18 @@ def _is_frame_folder(p: Path) -> bool:
 
 
 def cmd_analyze(args) -> int:
-    from .core.analysis.report import analyze_result, read_mask, write_csv, write_json
+    json_out = output_file(args.json, "JSON report")
+    csv_out = output_file(args.csv, "CSV report") if args.csv else None
+    check_outputs_distinct(json=json_out, csv=csv_out, result=args.result, backward=args.backward)
+    mask = read_mask_argument(args.mask)
+    from .core.analysis.report import analyze_result, write_csv, write_json
 
-    mask = read_mask(args.mask) if args.mask else None
     report = analyze_result(args.result, mask=mask, scale_index=args.scale, backward=args.backward)
-    write_json(report, args.json)
-    print(f"wrote {args.json}")
-    if args.csv:
-        write_csv(report, args.csv)
-        print(f"wrote {args.csv}")
+    write_json(report, json_out)
+    print(f"wrote {json_out}")
+    if csv_out is not None:
+        write_csv(report, csv_out)
+        print(f"wrote {csv_out}")
     return 0
 
 
@@ -215,13 +224,12 @@ def cmd_info(args) -> int:
     if not args.path:
         return 0
     path = Path(args.path)
-    if path.suffix == ".npz":
+    from ._reader import is_result_file
+
+    if path.suffix.lower() == ".npz" and is_result_file(path):  # a damaged result is an error, not a sequence
         from .core.result import RegistrationResult
 
-        try:
-            res = RegistrationResult.load(path)
-        except NMSRError:
-            res = None
+        res = RegistrationResult.load(path)
         if res is not None:
             s, n, _, h, w = res.fields.shape
             print(f"result: {s} scales {list(res.scales)}, {n} frame pairs, {h}x{w} px, "
@@ -240,13 +248,13 @@ def cmd_info(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"register": cmd_register, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}[args.command]
     try:
-        return handler(args)
-    except (NMSRError, ValueError, FileNotFoundError) as exc:
-        print(f"nmsr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("nmsr: interrupted", file=sys.stderr)
+        return 130
+    handler = {"register": cmd_register, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}[args.command]
+    return run_quietly("nmsr", args.command, lambda: handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,3 +119,124 @@ def test_bad_export_input_is_rejected(tmp_path):
     with pytest.raises(FileNotFoundError):
         save_masks(tmp_path / "missing" / "m.npy", np.ones((4, 4), bool))
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- temporaries of atomic writes
+
+_SLOW_WRITER = """
+import sys, time
+from pathlib import Path
+from napari_nmsr.cli_checks import run_quietly
+from napari_nmsr.core.export import atomic_write
+
+def slow(tmp):
+    tmp.write_text("half")
+    print(tmp, flush=True)
+    time.sleep(60)
+
+sys.exit(run_quietly("nmsr", "test", lambda: atomic_write(Path(sys.argv[1]), slow) and 0))
+"""
+
+
+def _start_slow_writer(target):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.is_file()
+    return proc, tmp
+
+
+def test_temporaries_have_a_recognisable_name(tmp_path):
+    import os
+
+    from napari_nmsr.core.export import TEMP_MARKER
+
+    seen = []
+    atomic_write(tmp_path / "res.npz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
+    assert seen[0].startswith(f".res.npz{TEMP_MARKER}{os.getpid()}-") and seen[0].endswith(".npz")
+
+
+def test_keyboard_interrupt_in_the_writer_removes_the_temporary(tmp_path):
+    def interrupted(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "a.csv", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("os").name == "nt", reason="POSIX signals")
+def test_sigterm_during_a_cli_write_removes_the_temporary(tmp_path):
+    import signal
+
+    proc, tmp = _start_slow_writer(tmp_path / "res.npz")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0 and not tmp.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(__import__("os").name == "nt", reason="POSIX signals")
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_to_the_same_target(tmp_path):
+    import os
+    import signal
+
+    from napari_nmsr.core.export import temporary_files
+
+    proc, stale = _start_slow_writer(tmp_path / "res.npz")
+    proc.send_signal(signal.SIGKILL)  # nothing can be caught: the temporary stays
+    proc.wait(timeout=30)
+    assert stale.exists()
+    other = tmp_path / ".other.npz.nmsr-tmp-1-abc.npz"  # another target's temporary is not touched
+    other.write_text("x")
+    legacy = tmp_path / ".res.npz.k2j3h4.tmp.npz"  # an older version's name, an hour old
+    legacy.write_text("x")
+    os.utime(legacy, (legacy.stat().st_mtime - 3600,) * 2)
+    alive = []
+
+    def check_live(tmp):  # our own live temporary survives the cleaning
+        alive.append(temporary_files(tmp_path / "res.npz"))
+        tmp.write_text("new")
+
+    atomic_write(tmp_path / "res.npz", check_live)
+    assert not stale.exists() and not legacy.exists() and other.exists()
+    assert len(alive[0]) == 1 and alive[0][0].name.startswith(f".res.npz.nmsr-tmp-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.nmsr-tmp-1-abc.npz", "res.npz"]
+    assert (tmp_path / "res.npz").read_text() == "new"
+
+
+def test_a_running_writers_temporary_is_kept(tmp_path):
+    import signal
+
+    proc, running = _start_slow_writer(tmp_path / "res.npz")
+    try:
+        atomic_write(tmp_path / "res.npz", lambda tmp: tmp.write_text("mine"))
+        assert running.exists()  # another live process is still writing it
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_atomic_write_refuses_a_folder_target(tmp_path):
+    (tmp_path / "out.npz").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path / "out.npz", lambda tmp: tmp.write_text("x"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npz"]
+
+
+@pytest.mark.parametrize("values, ok", [([0, 1], True), ([0.0, 1.0], True), ([False, True], True),
+                                        ([0, 2], False), ([0.0, np.nan], False), ([0, 255], False)])
+def test_npy_masks_must_be_booleans_or_0_1(tmp_path, values, ok):
+    arr = np.array(values * 8).reshape(4, 4)
+    np.save(tmp_path / "m.npy", arr)
+    if ok:
+        assert load_masks(tmp_path / "m.npy").dtype == bool
+    else:
+        with pytest.raises(MaskError, match="0/1"):
+            load_masks(tmp_path / "m.npy")

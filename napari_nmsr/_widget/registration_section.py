@@ -215,6 +215,10 @@ class RegistrationSection(QGroupBox):
             return None
         try:
             config = self.config()
+            if config.variant == "nmsr_v":  # a damaged weights file fails here, not in the worker
+                from napari_nmsr.core.train import load_weights
+
+                load_weights(config.weights)
             frames = frames_from_layer(image)
             mask = self._mask(frames.shape)
         except (ValueError, NMSRError) as exc:

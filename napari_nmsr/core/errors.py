@@ -11,6 +11,7 @@ __all__ = [
     "SequenceError",
     "MaskError",
     "ResultFileError",
+    "WeightsFileError",
     "DeviceMemoryError",
 ]
 
@@ -33,6 +34,10 @@ class MaskError(NMSRError, ValueError):
 
 class ResultFileError(NMSRError, ValueError):
     """A result file is not a napari-nmsr result or is from an incompatible version."""
+
+
+class WeightsFileError(NMSRError, ValueError):
+    """A weights file (``nmsr train``) is missing, damaged, too large or not napari-nmsr's."""
 
 
 class DeviceMemoryError(NMSRError, MemoryError):

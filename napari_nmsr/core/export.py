@@ -13,6 +13,10 @@ Contour CSV columns (one row per point per frame)::
 columns appear when the pixel spacing is known (``y_mm = y * dy``), and
 ``outside`` is 1 for a tracked point that has left the image (0 otherwise).
 
+Temporaries are named ``.<target>.nmsr-tmp-<pid>-<random><suffix>``; they are
+removed on every exit path Python sees, and one left by a killed process is
+removed by the next write to the same target.
+
 Contour JSON schema (``format`` "napari-nmsr-contours", ``version`` 1)::
 
     {"format": "napari-nmsr-contours", "version": 1,
@@ -28,10 +32,13 @@ uint8 0/255 (the ImageJ convention for binary masks; read back as > 0).
 
 from __future__ import annotations
 
+import atexit
 import csv
+import glob
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -41,6 +48,9 @@ import numpy as np
 from .errors import MaskError, ResultFileError
 
 __all__ = [
+    "TEMP_MARKER",
+    "temporary_files",
+    "remove_stale_temporaries",
     "atomic_path",
     "atomic_write",
     "save_contours_csv",
@@ -64,21 +74,91 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide, not thread-safe
 
 
+#: Marker in the name of every temporary file: ``.<target name>.nmsr-tmp-<pid>-<random><suffix>``.
+TEMP_MARKER = ".nmsr-tmp-"
+#: A temporary whose writer cannot be asked (another computer on a shared drive) is stale after this long.
+STALE_AFTER_S = 24 * 3600
+_LIVE: set[Path] = set()  # temporaries this process is writing now (removed at exit if still there)
+
+
+def temporary_files(path) -> list[Path]:
+    """The temporaries of writes to ``path`` in its folder (ours and older versions' ``.<name>.*.tmp<suffix>``)."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    name = glob.escape(target.name)
+    found = set(folder.glob(f".{name}{TEMP_MARKER}*")) | set(folder.glob(f".{name}.*.tmp{glob.escape(target.suffix)}"))
+    return sorted(found)
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that named ``tmp`` may still be writing it."""
+    try:
+        age = time.time() - tmp.stat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER_S:
+        return False
+    rest = tmp.name.rpartition(TEMP_MARKER)[2]
+    pid_text = rest.split("-", 1)[0]
+    if TEMP_MARKER not in tmp.name or not pid_text.isdigit():
+        return age < 60  # an older version's name (no pid): stale once it is a minute old
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return tmp in _LIVE
+    if os.name == "nt":  # no signal-0 probe on Windows: trust the age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporaries a killed write to ``path`` left behind; returns what was removed."""
+    removed = []
+    for tmp in temporary_files(path):
+        if not _writer_alive(tmp):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+@atexit.register
+def _remove_live_temporaries() -> None:
+    for tmp in list(_LIVE):
+        tmp.unlink(missing_ok=True)
+    _LIVE.clear()
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; on success it replaces ``path``.
 
-    The temporary name keeps the target's extension (libraries such as numpy
-    and tifffile pick the format from it). On any exception the temporary is
-    removed and the target is left untouched.
+    The temporary is ``.<name>.nmsr-tmp-<pid>-<random><suffix>``: hidden, it
+    keeps the target's extension (libraries such as numpy and tifffile pick
+    the format from it), and the pid lets the next write to the same target
+    remove it if this process is killed before it could (see
+    :func:`remove_stale_temporaries`). On any exception, KeyboardInterrupt
+    and SystemExit included, and at interpreter exit, it is removed and the
+    target left untouched.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"The folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=folder)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a folder; give a file name to write.")
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARKER}{os.getpid()}-", suffix=target.suffix, dir=folder)
     os.close(fd)
     tmp = Path(tmp)
+    _LIVE.add(tmp)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
@@ -86,6 +166,8 @@ def atomic_path(path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _LIVE.discard(tmp)
 
 
 def atomic_write(path, writer: Callable[[Path], object]) -> Path:
@@ -200,17 +282,69 @@ def save_masks(path, masks) -> Path:
         def write(tmp: Path):
             tifffile.imwrite(tmp, m.astype(np.uint8) * 255, photometric="minisblack")
     else:
-        raise ValueError(f"Cannot write masks to '{suffix}' files; use .npy, .tif or .tiff.")
+        raise MaskError(f"Cannot write masks to '{suffix}' files; use .npy, .tif or .tiff.")
     return atomic_write(path, write)
 
 
 def load_masks(path) -> np.ndarray:
-    """Read masks written by :func:`save_masks` as a bool array."""
-    suffix = Path(path).suffix.lower()
+    """Read a mask file (``.npy``, ``.tif``/``.tiff``) as bool ``(H, W)`` or ``(T, H, W)``; MaskError otherwise.
+
+    The values must be booleans or 0/1 (a TIFF may also hold 0/255, as
+    :func:`save_masks` and ImageJ write them): anything else (NaN, 0.5, 7)
+    is ambiguous and refused, never silently turned into True. The size is
+    checked from the header before the data are read (:mod:`.limits`).
+    """
+    from .limits import check_npy_file, human_bytes, memory_budget_bytes
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"mask file not found: {path}" if not path.is_dir() else f"{path} is a folder, not a mask file")
+    suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False) != 0
-    if suffix in (".tif", ".tiff"):
+        _, dtype = check_npy_file(path, MaskError, "a mask file")
+        if dtype.hasobject:
+            raise MaskError(f"'{path.name}' holds Python objects, not mask values; save a bool array with numpy.save.")
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise MaskError(f"'{path.name}' is a damaged .npy mask file ({type(exc).__name__}: {exc})") from exc
+        allowed = (0, 1)
+    elif suffix in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(path) > 0
-    raise ValueError(f"Cannot read masks from '{suffix}' files; use .npy, .tif or .tiff.")
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                nbytes = int(np.prod(series.shape, dtype=object)) * series.dtype.itemsize
+                if nbytes > memory_budget_bytes():
+                    raise MaskError(f"'{path.name}' would need {human_bytes(nbytes)} of memory, more than the limit "
+                                    f"of {human_bytes(memory_budget_bytes())}; raise NMSR_MEMORY_BUDGET_GB if it is genuine.")
+                arr = series.asarray()
+        except MaskError:
+            raise
+        except Exception as exc:
+            raise MaskError(f"'{path.name}' is not a readable TIFF mask: it is damaged, or another format renamed "
+                            f"({type(exc).__name__}: {exc})") from exc
+        allowed = (0, 1, 255)
+    else:
+        raise MaskError(f"cannot read masks from '{path.name}': masks are .npy (numpy.save of a bool array), "
+                        ".tif or .tiff files.")
+    return _binary_mask(arr, path.name, allowed)
+
+
+def _binary_mask(arr: np.ndarray, name: str, allowed: tuple[int, ...]) -> np.ndarray:
+    """Bool copy of a 2-D/3-D mask whose values are all in ``allowed`` (booleans always pass)."""
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise MaskError(f"'{name}' holds an array of shape {arr.shape}; a mask is (H, W) or (T, H, W).")
+    if arr.dtype == np.bool_:
+        return arr
+    if arr.dtype.kind not in "iuf":
+        raise MaskError(f"'{name}' holds {arr.dtype} values; a mask holds True/False or 0/1.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise MaskError(f"'{name}' contains NaN or infinite values; a mask holds True/False or 0/1 only.")
+    ok = np.isin(arr, allowed)
+    if not ok.all():
+        bad = arr[~ok].flat[0]
+        raise MaskError(f"'{name}' holds the value {bad:g}; a mask holds True/False or {'/'.join(map(str, allowed))} "
+                        "only (save the mask as booleans).")
+    return arr != 0

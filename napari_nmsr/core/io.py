@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SequenceError
+from .limits import check_npy_file, check_npz_file
 
 __all__ = ["EchoSequence", "load_sequence", "can_read", "SUPPORTED_SUFFIXES", "FRAME_IMAGE_SUFFIXES"]
 
@@ -365,9 +366,12 @@ def _load_numpy(path: Path, max_frames: int | None):
                 if not archive.files:
                     raise SequenceError(f"'{path.name}' is an empty NPZ archive.")
                 key = next((k for k in ("frames", "image") if k in archive.files), archive.files[0])
+                check_npz_file(path, SequenceError, "a sequence", keys=[key, "frame_interval_s", "pixel_spacing_mm"])
                 array = archive[key]
                 interval, spacing = _npz_geometry(archive)
         else:
+            if check_npy_file(path, SequenceError, "a sequence")[1].hasobject:
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         if "pickle" not in str(e):

@@ -264,6 +264,11 @@ def validate_mask(mask, shape: tuple[int, int, int]) -> np.ndarray | None:
         m = np.broadcast_to(m, shape)
     if m.shape != shape:
         raise MaskError(f"mask shape {m.shape} does not match the sequence {shape} (expected (T, H, W) or (H, W))")
+    if m.dtype != bool:
+        if not np.issubdtype(m.dtype, np.number):
+            raise MaskError(f"a mask must hold booleans or 0/1, got values of type {m.dtype}")
+        if not np.isin(m, (0, 1)).all():
+            raise MaskError("a mask must hold only 0 and 1 (or booleans); this one has other values (NaN, 0.5, 255, ...)")
     m = m.astype(bool)
     empty = ~m.reshape(t, -1).any(axis=1)
     if empty.all():

@@ -39,7 +39,7 @@ from .convention import CONVENTION, motion_from_field
 from .errors import ResultFileError
 from .export import atomic_write
 
-__all__ = ["FORMAT_VERSION", "RegistrationResult"]
+__all__ = ["FORMAT_VERSION", "RESULT_KEYS", "RegistrationResult", "read_result_arrays", "check_result_arrays"]
 
 FORMAT_VERSION = 1
 
@@ -147,45 +147,185 @@ class RegistrationResult:
         if velocity is not None:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
         return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegistrationResult":
-        """Read a result file; a clear ResultFileError for anything else."""
+        """Read and validate a result file (:func:`read_result_arrays`); ResultFileError otherwise."""
         path = Path(path)
-        if not path.is_file():
-            raise ResultFileError(f"result file not found: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as exc:
-            raise ResultFileError(f"{path.name} is not a readable NPZ result file ({exc})") from exc
-        if "format_version" not in data or "fields" not in data:
-            raise ResultFileError(f"{path.name} is not a napari-nmsr result (no 'fields'/'format_version' keys)")
-        version = int(data["format_version"])
-        if version != FORMAT_VERSION:
-            raise ResultFileError(
-                f"{path.name} was written by result format version {version}; this napari-nmsr reads version "
-                f"{FORMAT_VERSION}. Re-run the registration with this version."
-            )
-        fields = data["fields"]
-        if fields.ndim != 5 or fields.shape[2] != 2:
-            raise ResultFileError(f"{path.name}: 'fields' has shape {fields.shape}, expected (S, T-1, 2, H, W)")
+        data = read_result_arrays(path)
         fi = float(data["frame_interval_s"])
         px = data["pixel_spacing_mm"]
         return cls(
-            fields=fields.astype(np.float32, copy=False),
+            fields=data["fields"].astype(np.float32, copy=False),
             scales=tuple(float(s) for s in data["scales"]),
             metrics={"mse": data["mse"], "mean_cc": data["mean_cc"]},
             config=json.loads(str(data["config_json"])),
             cancelled=bool(data["cancelled"]),
             frame_interval_s=None if np.isnan(fi) else fi,
             pixel_spacing_mm=None if np.isnan(px).any() else (float(px[0]), float(px[1])),
-            steps_run=data.get("steps_run"),
-            seconds=data.get("seconds"),
-            final_loss=data.get("final_loss"),
-            device=str(data.get("device", "")),
+            steps_run=data["steps_run"] if len(data["steps_run"]) else None,
+            seconds=data["seconds"] if len(data["seconds"]) else None,
+            final_loss=data["final_loss"] if len(data["final_loss"]) else None,
+            device=str(data["device"]),
         )
+
+
+#: key -> (dtype kinds accepted, shape pattern): "S" scales, "P" frame pairs, "H"/"W" pixels, ints fixed.
+RESULT_KEYS = {
+    "format_version": ("iu", ()),
+    "fields": ("f", ("S", "P", 2, "H", "W")),
+    "scales": ("f", ("S",)),
+    "mse": ("f", ("S", "P")),
+    "mean_cc": ("f", ("S", "P")),
+    "steps_run": ("iu", ("S?",)),
+    "seconds": ("f", ("S?",)),
+    "final_loss": ("f", ("S?",)),
+    "frame_interval_s": ("f", ()),
+    "pixel_spacing_mm": ("f", (2,)),
+    "cancelled": ("b", ()),
+    "config_json": ("U", ()),
+    "convention_json": ("U", ()),
+    "device": ("U", ()),
+    "software": ("U", ()),
+}
+#: Keys a result may carry in addition (checked when present).
+OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W"))}
+
+
+def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a result file, every key checked; raises ResultFileError naming the file and key.
+
+    Checked before anything is decompressed (from the headers): the size
+    budget (:mod:`.limits`), every key's presence, dtype and shape, and shapes
+    consistent across scales, fields and metrics. Then: ``format_version``,
+    finite fields and scales, no infinite metric (NaN is allowed there: a
+    metric of a blank region), geometry either unknown (NaN) or positive,
+    ``config_json`` an object (variant a name, scales a list of numbers, when given), and
+    ``convention_json`` exactly this version's :data:`~.convention.CONVENTION`.
+    ``velocity_cm_s`` is only checked from its header (it is not loaded).
+    """
+    from .limits import check_npz_file
+
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise ResultFileError(f"result file not found: {path}")
+    headers = check_npz_file(path, ResultFileError, "a result", keys=[*RESULT_KEYS, *OPTIONAL_KEYS])
+    if "fields" not in headers or "format_version" not in headers:
+        raise ResultFileError(f"{name} is not a napari-nmsr result (no 'fields'/'format_version' keys)")
+    dims: dict[str, int] = {}
+    _check_header(name, "format_version", *headers["format_version"], *RESULT_KEYS["format_version"], dims)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            version = int(z["format_version"])
+            if version != FORMAT_VERSION:
+                raise ResultFileError(
+                    f"{name} was written by result format version {version}; this napari-nmsr reads version "
+                    f"{FORMAT_VERSION}. Re-run the registration with this version.")
+            missing = [k for k in RESULT_KEYS if k not in headers]
+            if missing:
+                raise ResultFileError(f"{name} is damaged or incomplete: the key(s) "
+                                      f"{', '.join(map(repr, missing))} are missing")
+            for key, (kinds, pattern) in {**RESULT_KEYS, **OPTIONAL_KEYS}.items():
+                if key in headers:
+                    _check_header(name, key, *headers[key], kinds, pattern, dims)
+            data = {k: z[k] for k in RESULT_KEYS}
+    except ResultFileError:
+        raise
+    except Exception as exc:  # zlib, CRC and truncation errors of a damaged archive
+        raise ResultFileError(f"{name} is damaged: its arrays cannot be read ({type(exc).__name__}: {exc})") from exc
+    _check_values(name, data)
+    return data
+
+
+def check_result_arrays(name: str, data: dict[str, np.ndarray]) -> None:
+    """The checks of :func:`read_result_arrays` on arrays in memory (``save`` runs them before writing)."""
+    missing = [k for k in RESULT_KEYS if k not in data]
+    if missing:
+        raise ResultFileError(f"{name}: the key(s) {', '.join(map(repr, missing))} are missing")
+    dims: dict[str, int] = {}
+    for key, (kinds, pattern) in {**RESULT_KEYS, **OPTIONAL_KEYS}.items():
+        if key in data:
+            arr = np.asarray(data[key])
+            _check_header(name, key, arr.shape, arr.dtype, kinds, pattern, dims)
+    if int(data["format_version"]) != FORMAT_VERSION:
+        raise ResultFileError(f"{name}: format_version {int(data['format_version'])} is not {FORMAT_VERSION}")
+    _check_values(name, {k: np.asarray(v) for k, v in data.items()})
+
+
+def _check_header(name, key, shape, dtype, kinds, pattern, dims) -> None:
+    if dtype.kind not in kinds:
+        raise ResultFileError(f"{name}: '{key}' holds {dtype} values, expected "
+                              f"{ {'f': 'floats', 'iu': 'integers', 'b': 'a boolean', 'U': 'text'}[kinds] }")
+    if len(shape) != len(pattern):
+        raise ResultFileError(f"{name}: '{key}' has shape {shape}, expected {_pattern_text(pattern)}")
+    for size, want in zip(shape, pattern):
+        if isinstance(want, int):
+            ok = size == want
+        elif want.endswith("?"):  # (S,) or (0,) = not recorded
+            ok = size in (0, dims.get(want[0], size))
+        else:
+            ok = dims.setdefault(want, size) == size
+        if not ok:
+            raise ResultFileError(
+                f"{name}: '{key}' has shape {shape} but the other arrays give "
+                f"{_pattern_text(pattern, dims)}; the file is inconsistent (damaged or edited)")
+
+
+def _pattern_text(pattern, dims=None) -> str:
+    dims = dims or {}
+    parts = [str(dims.get(p.rstrip("?"), p.rstrip("?"))) if isinstance(p, str) else str(p) for p in pattern]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _check_values(name: str, d: dict) -> None:
+    fields, scales = d["fields"], d["scales"]
+    n_scales = fields.shape[0]
+    if n_scales and (fields.shape[1] < 1 or fields.shape[3] < 1 or fields.shape[4] < 1):
+        raise ResultFileError(f"{name}: 'fields' has shape {fields.shape}, expected (S, T-1, 2, H, W) with T >= 2")
+    if n_scales == 0 and not bool(d["cancelled"]):
+        raise ResultFileError(f"{name}: holds no scale but is not marked as a cancelled run; the file is damaged")
+    if not np.isfinite(scales).all() or (scales <= 0).any() or (scales > 1).any() or (np.diff(scales) <= 0).any():
+        raise ResultFileError(f"{name}: 'scales' must be increasing values in (0, 1], got {scales.tolist()}")
+    bad = ~np.isfinite(fields.reshape(n_scales, -1)).all(axis=1) if n_scales else np.zeros(0, bool)
+    if bad.any():
+        raise ResultFileError(f"{name}: 'fields' contains NaN or infinite values (scale index "
+                              f"{int(np.argmax(bad))}); the registration diverged or the file is damaged")
+    for key in ("mse", "mean_cc", "seconds", "final_loss"):
+        if np.isinf(d[key]).any():
+            raise ResultFileError(f"{name}: '{key}' contains infinite values; the file is damaged")
+    if (d["steps_run"] < 0).any():
+        raise ResultFileError(f"{name}: 'steps_run' holds negative step counts; the file is damaged")
+    fi, px = float(d["frame_interval_s"]), d["pixel_spacing_mm"]
+    if not (np.isnan(fi) or (np.isfinite(fi) and fi > 0)):
+        raise ResultFileError(f"{name}: 'frame_interval_s' is {fi}; expected seconds > 0, or NaN when unknown")
+    if not (np.isnan(px).all() or (np.isfinite(px).all() and (px > 0).all())):
+        raise ResultFileError(f"{name}: 'pixel_spacing_mm' is {px.tolist()}; expected two mm > 0, or NaN when unknown")
+    config = _parse_json(name, "config_json", d["config_json"])
+    if not isinstance(config, dict):
+        raise ResultFileError(f"{name}: 'config_json' holds a {type(config).__name__}, expected an object "
+                              "(the RegistrationConfig)")
+    if not isinstance(config.get("variant", ""), str):
+        raise ResultFileError(f"{name}: 'config_json' has a variant that is not a name: {config['variant']!r}")
+    conf_scales = config.get("scales", [])
+    if not isinstance(conf_scales, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in conf_scales):
+        raise ResultFileError(f"{name}: 'config_json' has scales that are not a list of numbers: {conf_scales!r}")
+    convention = _parse_json(name, "convention_json", d["convention_json"])
+    if convention != json.loads(json.dumps(CONVENTION)):
+        label = convention.get("name") if isinstance(convention, dict) else None
+        raise ResultFileError(
+            f"{name}: 'convention_json' describes the field convention {label!r}, not "
+            f"{CONVENTION['name']!r} which this napari-nmsr uses; its fields would be misread")
+
+
+def _parse_json(name: str, key: str, value) -> object:
+    try:
+        return json.loads(str(value))
+    except ValueError as exc:
+        raise ResultFileError(f"{name}: '{key}' is not valid JSON ({exc})") from exc
 
 
 def _or_empty(x, dtype):

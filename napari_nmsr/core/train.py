@@ -77,14 +77,55 @@ def train(
 
 
 def load_weights(path: str | os.PathLike) -> dict:
-    """Read a weights file written by :func:`train`, with a clear error otherwise."""
+    """Read and check a weights file written by :func:`train`; WeightsFileError otherwise.
+
+    Checked: the declared size against the memory budget before anything is
+    unpacked (:mod:`.limits`), torch's safe loader (tensors and plain
+    containers only), the format tag, increasing scales in (0, 1] with one
+    state dict each, an architecture of at most 8 levels of 1..512 channels,
+    and every state dict holding exactly that U-Net's tensors with their
+    shapes and finite values, so a bad file fails here, not mid-run.
+    """
+    from .errors import WeightsFileError
+    from .limits import check_zip_file
+
     path = Path(path)
     if not path.is_file():
-        raise NMSRError(f"weights file not found: {path}")
+        raise WeightsFileError(f"weights file not found: {path}" if not path.is_dir()
+                               else f"{path} is a folder, not a weights file")
+    name = path.name
+    check_zip_file(path, WeightsFileError, "a napari-nmsr weights file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise NMSRError(f"{path.name} is not a readable napari-nmsr weights file ({exc})") from exc
+        raise WeightsFileError(f"{name} is not a readable napari-nmsr weights file: it is damaged or not from "
+                               f"`nmsr train` ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise NMSRError(f"{path.name} is not a napari-nmsr weights file (expected format {WEIGHTS_FORMAT})")
+        raise WeightsFileError(f"{name} is not a napari-nmsr weights file (expected format {WEIGHTS_FORMAT})")
+    scales, states, arch = payload.get("scales"), payload.get("state_dicts"), payload.get("architecture")
+    if (not isinstance(scales, list) or not scales or not all(isinstance(v, (int, float)) for v in scales)
+            or any(not 0 < v <= 1 for v in scales) or list(scales) != sorted(set(scales))):
+        raise WeightsFileError(f"{name}: 'scales' must be a list of increasing values in (0, 1], got {scales!r}")
+    if not isinstance(states, list) or len(states) != len(scales) or not all(isinstance(d, dict) for d in states):
+        raise WeightsFileError(f"{name}: expected one state dict per scale ({len(scales)}), the file is damaged")
+    levels = []
+    for part in ("encoder", "decoder"):
+        value = arch.get(part) if isinstance(arch, dict) else None
+        if (not isinstance(value, list) or not 1 <= len(value) <= 8
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 512 for c in value)):
+            raise WeightsFileError(f"{name}: 'architecture' has no valid {part} (a list of 1..8 channel counts "
+                                   f"of 1..512), got {value!r}")
+        levels.append(value)
+    if len(levels[0]) != len(levels[1]):
+        raise WeightsFileError(f"{name}: the encoder and decoder have different depths; the file is damaged")
+    expected = {k: tuple(v.shape) for k, v in UNet(*levels).state_dict().items()}
+    for i, sd in enumerate(states):
+        got = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        if got != expected or len(got) != len(sd):
+            raise WeightsFileError(f"{name}: the weights of scale {scales[i]:g} do not fit the U-Net the file "
+                                   "describes (missing, extra or mis-shaped tensors); the file is damaged")
+        bad = next((k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise WeightsFileError(f"{name}: the weights '{bad}' of scale {scales[i]:g} contain NaN or infinite "
+                                   "values; train again")
     return payload

@@ -1,0 +1,147 @@
+"""Checks of ``nmsr`` arguments made before any work, shared by every subcommand.
+
+Everything a subcommand would only find out after minutes of registration
+(an output path that is a folder, a folder that cannot be written, a mask
+with NaN values, a damaged weights file) is checked here first, and every
+failure is one :class:`ArgumentError` line. Only the standard library is
+imported at module level, so that Ctrl-C during start-up is caught by
+:func:`run_quietly` rather than printed as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .core.errors import NMSRError
+
+__all__ = [
+    "ArgumentError",
+    "OneLineParser",
+    "positive_int",
+    "output_file",
+    "check_outputs_distinct",
+    "read_mask_argument",
+    "read_weights_argument",
+    "run_quietly",
+]
+
+
+class ArgumentError(NMSRError, ValueError):
+    """A command-line argument that cannot work (checked before any work starts)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line on stderr, exit status 2 (``--help`` unchanged)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts that must be >= 1 (steps, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def output_file(path, what: str, suffix: str | None = None) -> Path:
+    """The file ``path`` will be written as, refused now if it cannot be.
+
+    ``suffix``: appended when missing (as ``RegistrationResult.save`` does
+    for ``.npz``), so the check is made on the name really written. Refused:
+    an existing folder, an existing file that cannot be replaced, a location
+    under an existing file, or a folder (the nearest existing one, since
+    missing folders are created) that this user cannot write to.
+    """
+    given = Path(path).expanduser()
+    if given.is_dir() or str(path).endswith(("/", os.sep)):
+        raise ArgumentError(f"the {what} '{path}' is a folder; give a file name")
+    p = given.with_name(given.name + suffix) if suffix and given.suffix != suffix else given
+    if p.is_dir():
+        raise ArgumentError(f"the {what} '{p}' is a folder; give a file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArgumentError(f"the {what} '{path}' cannot be created: '{parent}' is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArgumentError(f"the {what} '{path}' cannot be written: no permission to write in '{parent}'")
+    if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
+        raise ArgumentError(f"the {what} '{path}' exists and cannot be replaced (no permission)")
+    return p
+
+
+def check_outputs_distinct(**paths) -> None:
+    """Refuse two outputs naming the same file (one would overwrite the other)."""
+    seen: dict[Path, str] = {}
+    for what, p in paths.items():
+        if p is None:
+            continue
+        key = Path(p).expanduser().resolve()
+        if key in seen:
+            raise ArgumentError(f"--{seen[key]} and --{what} name the same file '{p}'")
+        seen[key] = what
+
+
+def read_mask_argument(path) -> "object | None":
+    """A ``--mask`` file as bool (booleans or 0/1 only; NaN refused), or None."""
+    if path is None:
+        return None
+    from .core.export import load_masks
+
+    return load_masks(path)
+
+
+def read_weights_argument(path) -> None:
+    """Check a ``--weights`` file fully now, not when the first scale starts."""
+    if path is None:
+        return
+    from .core.train import load_weights
+
+    load_weights(path)
+
+
+def _terminate(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise SystemExit(128 + signum)
+
+
+def run_quietly(prog: str, command: str, handler: Callable[[], int]) -> int:
+    """Run ``handler`` with every expected failure as one line on stderr.
+
+    Project errors, bad values and file-system errors exit 2; Ctrl-C (also
+    during start-up imports) exits 130 with one line. SIGTERM becomes
+    SystemExit so that temporaries of an atomic write are removed.
+    """
+    try:
+        if hasattr(signal, "SIGTERM"):
+            try:
+                signal.signal(signal.SIGTERM, _terminate)
+            except ValueError:  # not the main thread (e.g. called from a test worker)
+                pass
+        return handler()
+    except KeyboardInterrupt:
+        print(f"{prog} {command}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which has quit: not an error
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except (NMSRError, ValueError, OSError, MemoryError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, MemoryError) and not isinstance(exc, NMSRError):
+            text = f"out of memory ({text})"
+        elif isinstance(exc, OSError) and not isinstance(exc, NMSRError) and exc.filename is not None and exc.strerror:
+            text = f"{exc.strerror}: {exc.filename}"
+        print(f"{prog} {command}: error: {text}", file=sys.stderr)
+        return 2
