@@ -45,7 +45,7 @@ def _round(seconds: float) -> int:
 def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     """Calibrate on ``frames`` (T, H, W) in [0, 1] and ``mask`` as :func:`register` would run them."""
     from . import register as engine
-    from .global_motion import AFFINE_STEPS, affine_fields
+    from .global_motion import affine_fields
 
     started = time.perf_counter()
     config = config or engine.RegistrationConfig()
@@ -63,7 +63,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         affine_fields(moving, fixed, mask_full, config.ncc_radius, steps=calib)
         _sync(device)
         per = (time.perf_counter() - t0) / sum(calib)
-        stages.append(per * sum(AFFINE_STEPS) * n_pairs / moving.shape[0])
+        stages.append(per * sum(config.affine_steps) * n_pairs / moving.shape[0])
     else:
         stages.append(0.0)
     state = {"divisor": 1}
@@ -75,7 +75,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         net = engine.UNet(config.encoder, config.decoder).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         batch = engine.batch_for(data, config, device, state)
-        crop = None if config.batch_size or not config.crop_training else engine.training_crop(tuple(data.moving.shape[-2:]), device)
+        crop = None if config.batch_size or not config.crop_training else engine.training_crop(tuple(data.moving.shape[-2:]), device, config)
         use_amp = config.amp if config.amp is not None else device.type == "cuda"
         step_s = 0.0
         for i in range(2):

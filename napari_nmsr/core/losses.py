@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "masked_mean"]
+__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
 
@@ -70,3 +70,24 @@ def bending_loss(field: torch.Tensor) -> torch.Tensor:
     d = field[:, :, 1:, :] - field[:, :, :-1, :]
     uxy = d[:, :, :, 1:] - d[:, :, :, :-1]
     return (uyy * uyy).mean() + (uxx * uxx).mean() + 2 * (uxy * uxy).mean()
+
+
+def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a field (N, C, H, W), sigma in its pixels (0: unchanged).
+
+    Replicate padding. A blurred field cannot hold speckle-scale noise, while
+    any motion that is smooth on the scale of sigma (translation, rotation,
+    a vortex core several sigma wide) passes unchanged: a band limit on the
+    field rather than a penalty that shrinks it.
+    """
+    if sigma <= 0:
+        return field
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = field.shape[1]
+    f = F.pad(field, (radius, radius, 0, 0), mode="replicate")
+    f = F.conv2d(f, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    f = F.pad(f, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(f, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

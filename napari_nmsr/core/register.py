@@ -39,7 +39,7 @@ from .device import describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
-from .losses import bending_loss, ncc_loss, smoothness_loss
+from .losses import bending_loss, gaussian_smooth, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .unet import UNet
@@ -122,6 +122,9 @@ class RegistrationConfig:
     affine: bool = False
     crop: bool = True
     crop_training: bool = True
+    pixels_per_step: int | None = None
+    field_sigma: float = 0.0
+    affine_steps: tuple[int, ...] = (150, 100, 60)
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 16)
 
@@ -351,7 +354,8 @@ def register_iter(
     net: UNet | None = None
     state = {"divisor": 1}
     if config.affine:
-        field_full = affine_fields(moving_full, fixed_full, mask_full, config.ncc_radius, cancel=_cancel_hook(cancel))
+        field_full = affine_fields(moving_full, fixed_full, mask_full, config.ncc_radius, steps=config.affine_steps,
+                                   cancel=_cancel_hook(cancel))
     with torch.no_grad():  # frame t warped by the composed field so far
         warped_full = _chunked(warp, moving_full, field_full)
     for k, s in enumerate(scales):
@@ -363,7 +367,7 @@ def register_iter(
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
-        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state)))
+        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma))
         with torch.no_grad():  # one warp serves the metrics and the next scale's input
             warped_full = _chunked(warp, moving_full, field_full)
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
@@ -403,12 +407,12 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
     work = [0.0]
     if config.affine:
         f = min(1.0, AFFINE_SIZES[-1] / max(size))
-        work[0] = 0.3 * n_pairs * size[0] * size[1] * f * f * sum(AFFINE_STEPS) / len(AFFINE_STEPS)
+        work[0] = 0.3 * n_pairs * size[0] * size[1] * f * f * sum(config.affine_steps) / len(config.affine_steps)
     for k, s in enumerate(config.effective_scales):
         h, w = scale_size(size, s)
-        crop = training_crop((h, w), device) if config.crop_training and not config.batch_size else None
+        crop = training_crop((h, w), device, config) if config.crop_training and not config.batch_size else None
         px = crop[0] * crop[1] if crop else h * w
-        batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device)
+        batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
         work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
     total = sum(work) or 1.0
     return [x / total for x in work]
@@ -419,9 +423,16 @@ def roi_margin(config: "RegistrationConfig", size: tuple[int, int]) -> int:
     return config.ncc_radius + max(16, round(0.08 * max(size)))
 
 
-def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device) -> int:
-    """Frame pairs per step: all of them when they fit the device's pixel budget."""
-    budget = PIXELS_PER_STEP.get(device.type, PIXELS_PER_STEP["cpu"])
+def pixel_budget(device: torch.device, config: "RegistrationConfig | None" = None) -> int:
+    """Pixels per optimisation step: the config's, else the device's default."""
+    if config is not None and config.pixels_per_step:
+        return int(config.pixels_per_step)
+    return PIXELS_PER_STEP.get(device.type, PIXELS_PER_STEP["cpu"])
+
+
+def default_batch(n_pairs: int, size: tuple[int, int], device: torch.device, config=None) -> int:
+    """Frame pairs per step: all of them when they fit the pixel budget."""
+    budget = pixel_budget(device, config)
     return max(1, min(n_pairs, budget // (size[0] * size[1])))
 
 
@@ -431,13 +442,13 @@ def batch_for(data: "ScaleData", config, device, state) -> int:
     if config.batch_size:
         batch = min(n, config.batch_size)
     else:
-        crop = training_crop(tuple(data.moving.shape[-2:]), device) if config.crop_training else None
+        crop = training_crop(tuple(data.moving.shape[-2:]), device, config) if config.crop_training else None
         size = crop or tuple(data.moving.shape[-2:])
-        batch = default_batch(n, size, device)
+        batch = default_batch(n, size, device, config)
     return max(1, batch // state["divisor"])
 
 
-def training_crop(size: tuple[int, int], device: torch.device) -> tuple[int, int] | None:
+def training_crop(size: tuple[int, int], device: torch.device, config=None) -> tuple[int, int] | None:
     """Crop (h, w) for the optimisation steps of a large scale, or None for whole frames.
 
     When fewer than MIN_PAIRS_PER_STEP whole frames fit the device's pixel
@@ -446,7 +457,7 @@ def training_crop(size: tuple[int, int], device: torch.device) -> tuple[int, int
     a step's cost no longer grows with the frame, only the final inference
     does.
     """
-    budget = PIXELS_PER_STEP.get(device.type, PIXELS_PER_STEP["cpu"])
+    budget = pixel_budget(device, config)
     h, w = size
     if h * w * MIN_PAIRS_PER_STEP <= budget:
         return None
@@ -481,11 +492,11 @@ class ScaleData:
         return cls(moving, fixed, mask, tuple(warped_full.shape[-2:]))
 
     @torch.no_grad()
-    def residual_full(self, net, batch: int) -> torch.Tensor:
+    def residual_full(self, net, batch: int, sigma: float = 0.0) -> torch.Tensor:
         """The network's field for every pair, resized to full resolution."""
         net.eval()
         try:
-            residual = _chunked(lambda a, b: net(a, b).float(), self.moving, self.fixed, chunk=max(1, batch))
+            residual = _chunked(lambda a, b: gaussian_smooth(net(a, b).float(), sigma), self.moving, self.fixed, chunk=max(1, batch))
         finally:
             net.train()
         return resize_field(residual, self.full_size)
@@ -509,7 +520,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
         n = data.moving.shape[0]
         batch = batch_for(data, config, device, state)
         idx = _batch_indices(n, batch, step + 1)
-        crop = None if config.batch_size or not config.crop_training else training_crop(tuple(data.moving.shape[-2:]), device)
+        crop = None if config.batch_size or not config.crop_training else training_crop(tuple(data.moving.shape[-2:]), device, config)
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
             loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window)
@@ -551,7 +562,7 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
     optimiser.zero_grad(set_to_none=True)
     with torch.autocast(device_type=device.type, enabled=use_amp):
         field = net(mv, fx)
-    field = field.float()  # NCC sums and warping stay in float32
+    field = gaussian_smooth(field.float(), config.field_sigma)  # NCC sums and warping stay in float32
     regulariser = REGULARISERS[config.regulariser]
     loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + config.smoothness * regulariser(field)
     if not torch.isfinite(loss):

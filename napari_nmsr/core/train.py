@@ -62,7 +62,7 @@ def train(
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
-        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state))) for f, d in zip(fields, datas)]
+        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state), config.field_sigma)) for f, d in zip(fields, datas)]
     payload = {
         "format": WEIGHTS_FORMAT,
         "scales": list(scales),

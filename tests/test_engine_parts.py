@@ -1,0 +1,184 @@
+"""The engine's newer parts: bending regulariser, affine stage, region of interest, estimate, threads, ETA."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_nmsr.core import register as engine
+from napari_nmsr.core.convention import pixel_grid, warp
+from napari_nmsr.core.estimate import Estimate, estimate_seconds
+from napari_nmsr.core.global_motion import affine_fields
+from napari_nmsr.core.losses import bending_loss, gaussian_smooth, smoothness_loss
+from napari_nmsr.core.register import Progress, RegistrationConfig, register
+from napari_nmsr.core.roi import Box, paste_field, region_of_interest
+from napari_nmsr.core.threads import default_threads, passive_openmp, use_threads
+
+
+def speckle(size, seed=0, sigma=1.2):
+    rng = np.random.default_rng(seed)
+    img = ndimage.gaussian_filter(rng.random((size, size)), sigma)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def affine_field(h, w, b, a, c):
+    g = pixel_grid(h, w)
+    d = g - torch.tensor(c, dtype=torch.float32).view(2, 1, 1)
+    return (torch.tensor(b, dtype=torch.float32).view(2, 1, 1) + torch.einsum("ij,jhw->ihw", torch.tensor(a, dtype=torch.float32), d))[None]
+
+
+def test_bending_energy_is_zero_for_rotation_but_diffusion_is_not():
+    # A rigid rotation by 0.05 rad: the paper's first-order term charges it, the bending term does not.
+    w = 0.05
+    f = affine_field(32, 32, (1.0, -2.0), ((np.cos(w) - 1, np.sin(w)), (-np.sin(w), np.cos(w) - 1)), (16, 16))
+    assert smoothness_loss(f).item() > 1e-3
+    assert bending_loss(f).item() < 1e-9
+    curved = torch.zeros(1, 2, 32, 32)
+    curved[0, 0] = torch.linspace(-1, 1, 32)[:, None] ** 2 * 5
+    assert bending_loss(curved).item() > 1e-4
+
+
+def test_gaussian_smooth_keeps_linear_fields_inside_and_removes_noise():
+    f = affine_field(40, 40, (0.5, 0.0), ((0.02, 0.01), (-0.01, 0.0)), (20, 20))
+    out = gaussian_smooth(f, 1.5)
+    assert torch.allclose(out[..., 8:-8, 8:-8], f[..., 8:-8, 8:-8], atol=1e-5)
+    noise = torch.randn(1, 2, 40, 40, generator=torch.Generator().manual_seed(0))
+    assert gaussian_smooth(noise, 1.5).std() < 0.4 * noise.std()
+    assert gaussian_smooth(f, 0) is f
+
+
+def test_affine_stage_recovers_large_translation_and_rotation():
+    # 14 px of translation and 0.06 rad of rotation between frames: beyond a 1/8-scale U-Net's
+    # capture with the paper's regulariser, recovered here to a small fraction of a pixel.
+    big = torch.from_numpy(speckle(96, seed=3, sigma=1.5))[None, None]
+    w = 0.06
+    true = affine_field(96, 96, (9.0, -11.0), ((np.cos(w) - 1, np.sin(w)), (-np.sin(w), np.cos(w) - 1)), (48, 48))
+    fixed = warp(big, true)
+    mask = torch.zeros(1, 1, 96, 96)
+    mask[..., 20:76, 20:76] = 1
+    est = affine_fields(big, fixed, mask)
+    err = (est - true).norm(dim=1)[0, 20:76, 20:76]
+    assert float(err.mean()) < 0.15
+
+
+def test_affine_stage_keeps_no_motion_when_nothing_matches():
+    a = torch.from_numpy(speckle(64, seed=1))[None, None]
+    b = torch.from_numpy(speckle(64, seed=2))[None, None]
+    est = affine_fields(a, b, None, steps=(20, 10, 5))
+    # Either it found nothing better than no motion (zero) or a fit that is at least as good.
+    from napari_nmsr.core.losses import local_cc_map
+
+    assert local_cc_map(warp(a, est), b, 6).mean() >= local_cc_map(a, b, 6).mean() - 1e-6
+
+
+def test_region_of_interest_boxes_the_mask_or_the_sector():
+    frames = np.zeros((3, 100, 120), np.float32)
+    frames[:, 20:80, 30:100] = 0.5  # the "sector"
+    box = region_of_interest(frames, None, margin=5)
+    assert box == (15, 85, 25, 105)
+    mask = np.zeros((3, 100, 120), bool)
+    mask[1, 40:50, 60:70] = True
+    mask[2, 45:55, 60:72] = True
+    assert region_of_interest(frames, mask, margin=10) == (30, 65, 50, 82)
+    small = region_of_interest(frames, mask, margin=0, min_size=32)
+    assert small.shape == (32, 32)
+
+
+def test_paste_field_extends_with_edge_values():
+    f = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    out = paste_field(f, Box((2, 5, 1, 5)), (8, 9))
+    assert out.shape == (1, 2, 8, 9)
+    assert torch.equal(out[..., 2:5, 1:5], f)
+    assert torch.equal(out[..., 0, 0], f[..., 0, 0])
+    assert torch.equal(out[..., 7, 8], f[..., -1, -1])
+
+
+def test_crop_to_mask_gives_the_same_field_inside_as_the_whole_frame():
+    frames = np.stack([speckle(64, seed=5)] * 3)
+    frames[1:] = np.roll(frames[1:], 1, axis=2)
+    mask = np.zeros(frames.shape, bool)
+    mask[:, 4:24, 4:24] = True
+    cfg = dict(scales=(0.5, 1.0), steps=5, seed=0)
+    cropped = register(frames, mask, RegistrationConfig(**cfg, crop=True))
+    whole = register(frames, mask, RegistrationConfig(**cfg, crop=False))
+    assert cropped.fields.shape == whole.fields.shape == (2, 2, 2, 64, 64)
+    assert np.isfinite(cropped.fields).all()
+    # The cropped run worked on a smaller box, so the field is not identical, but it is a field of the same motion.
+    inside = mask[1:]
+    assert abs(cropped.fields[-1, :, 1][inside].mean() - whole.fields[-1, :, 1][inside].mean()) < 0.5
+
+
+def test_training_crop_only_when_frames_exceed_the_budget():
+    cpu = torch.device("cpu")
+    assert engine.training_crop((64, 64), cpu) is None
+    crop = engine.training_crop((430, 600), cpu)
+    assert crop is not None and crop[0] * crop[1] * engine.MIN_PAIRS_PER_STEP <= engine.PIXELS_PER_STEP["cpu"] * 1.01
+    assert min(crop) >= engine.MIN_CROP
+
+
+def test_estimate_covers_every_stage_and_reads_as_seconds():
+    frames = np.stack([speckle(48, seed=s) for s in range(4)])
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(20, 10), affine=True, affine_steps=(10, 5, 5))
+    est = estimate_seconds(frames, None, cfg)
+    assert isinstance(est, Estimate)
+    assert len(est.stages_s) == 3 and all(s > 0 for s in est.stages_s)
+    assert str(est).startswith("about ") and str(est).endswith(" s on this machine")
+    # More steps must mean a longer estimate.
+    longer = estimate_seconds(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(200, 100), affine=True, affine_steps=(10, 5, 5)))
+    assert longer.total_s > est.total_s
+
+
+def test_progress_reports_work_weighted_fraction_and_eta():
+    frames = np.stack([speckle(32, seed=s) for s in range(3)])
+    seen = []
+    register(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=4), progress=seen.append)
+    fractions = [p.fraction for p in seen]
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    assert 0.0 < fractions[0] < fractions[-1] <= 1.0
+    assert seen[-1].eta_s is not None and seen[-1].eta_s >= 0
+    assert Progress(0, 2, 0.5, 0, 4, 0.0).eta_s is None
+
+
+def test_work_plan_sums_to_one_and_includes_the_affine_stage():
+    cpu = torch.device("cpu")
+    plan = engine.work_plan(10, (128, 128), RegistrationConfig(affine=True), cpu)
+    assert abs(sum(plan) - 1) < 1e-9 and plan[0] > 0 and len(plan) == 5
+    assert engine.work_plan(10, (128, 128), RegistrationConfig(affine=False), cpu)[0] == 0
+
+
+def test_threads_policy(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
+    assert default_threads(for_gui=True) == max(1, default_threads() - 1)
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError):
+            use_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_paper_preset_keeps_the_papers_loss():
+    paper = RegistrationConfig(**engine.PRESETS["paper"])
+    assert paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
+    assert paper.steps == (3500, 3500, 3500, 3500)
+    with pytest.raises(ValueError):
+        RegistrationConfig(regulariser="nope")
+
+
+def test_mask_with_nan_or_other_values_is_refused():
+    from napari_nmsr.core.errors import MaskError
+
+    frames = np.stack([speckle(32, seed=s) for s in range(2)])
+    bad = np.ones((32, 32))
+    bad[0, 0] = np.nan
+    with pytest.raises(MaskError):
+        engine.validate_mask(bad, frames.shape)
+    assert engine.validate_mask(np.ones((32, 32), np.uint8), frames.shape).dtype == bool
