@@ -120,6 +120,8 @@ def _client(client, scheduler, scheduler_file, n_workers, threads, device, dashb
             c.close()
         return
     gpus = _local_gpus(device)
+    if device == "cuda" and not gpus:
+        raise ValueError("--device cuda, but this computer has no CUDA GPU (use auto or cpu, or --scheduler)")
     n, k = local_cluster_size(_cores(), n_workers, threads, gpus=len(gpus))
     cluster = _start_local_cluster(n, k, gpus, dashboard_address)
     kind = f"{n} GPU workers" if gpus else f"{n} workers"
@@ -144,19 +146,19 @@ def _dashboard(client) -> str:
     return link
 
 
-def _gpu_resources(client, device: str) -> dict | None:
+def _gpu_resources(client, device: str, log) -> dict | None:
     """The task annotation: ``{"GPU": 1}`` when tasks should run on GPU workers.
 
     ``--device cuda`` always asks for one (workers started with
     ``--resources GPU=1`` take them); ``auto`` asks when some worker offers a GPU.
     """
-    if device == "cuda":
-        return {"GPU": 1}
-    if device != "auto":
+    if device not in ("cuda", "auto"):
         return None
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     has_gpu = any((w.get("resources") or {}).get("GPU", 0) >= 1 for w in workers.values())
-    return {"GPU": 1} if has_gpu else None
+    if device == "cuda" and not has_gpu:
+        log("no worker offers the GPU resource yet: the tasks wait for workers started with --resources GPU=1")
+    return {"GPU": 1} if device == "cuda" or has_gpu else None
 
 
 def _run_task(item: BatchItem, config, threads: int | None) -> dict:
@@ -263,7 +265,7 @@ def register_many(
             local = client is None and not (scheduler or scheduler_file)
             if link and not (local and dashboard_address is None):
                 log(f"Dask dashboard: {link}")
-            _run(c, items, todo, config, threads, _gpu_resources(c, config.device), retries, record)
+            _run(c, items, todo, config, threads, _gpu_resources(c, config.device, log), retries, record)
     return [rows[i] for i in range(len(items))]
 
 

@@ -68,6 +68,19 @@ def test_local_cluster_size_fills_the_cores():
     assert local_cluster_size(16, gpus=2) == (2, 8)
 
 
+def test_gpu_local_cluster_gives_each_worker_one_device():
+    """The one-worker-per-GPU cluster (built here without GPUs: only its wiring is checked)."""
+    from napari_nmsr.batch import _start_local_cluster
+
+    with _start_local_cluster(2, 1, ["0", "1"], None) as cluster, distributed.Client(cluster) as c:
+        c.wait_for_workers(2, timeout=60)
+        seen = c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        info = c.scheduler_info(n_workers=-1)["workers"]
+    assert sorted(seen.values()) == ["0", "1"]
+    assert all(addr.startswith("tcp://127.0.0.1:") for addr in seen)
+    assert all(w["resources"] == {"GPU": 1} and w["nthreads"] == 1 for w in info.values())
+
+
 def test_inputs_from_folders_and_globs_skip_outputs(data, tmp_path):
     seqs = data / "seqs"
     out = seqs / "out"
@@ -150,6 +163,11 @@ def test_bad_arguments_exit_2(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["batch", str(data / "seqs"), "--out-dir", str(tmp_path / "o"), "--workers", "0"])
     assert exc.value.code == 2
+    import torch
+
+    if not torch.cuda.is_available():  # refused before a cluster whose tasks would wait forever
+        assert main(["batch", str(data / "seqs"), "--out-dir", str(tmp_path / "o"), "--device", "cuda", *FAST]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- a cluster started by hand
