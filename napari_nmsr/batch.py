@@ -205,8 +205,8 @@ def register_many(
     Writes ``out_dir/<stem>.nmsr.npz`` per input (and ``<stem>.analysis.json``
     with ``analyze``) and ``out_dir/summary.csv``, rewritten after every
     finished input. A failed input (corrupt file, out of memory, dead worker)
-    is run again up to ``retries`` times, preferably on another worker; the
-    others are not affected. With ``resume``, inputs whose outputs exist and
+    is run again up to ``retries`` times, on another worker when there is
+    one; the others are not affected. With ``resume``, inputs whose outputs exist and
     load are ``skipped`` and left untouched.
 
     ``client``: an existing ``distributed.Client`` (kept open). Otherwise
@@ -224,6 +224,8 @@ def register_many(
     log = log or (lambda text: None)
     if scheduler and scheduler_file:
         raise ValueError("give either a scheduler address or a scheduler file, not both")
+    if scheduler_file and not Path(scheduler_file).is_file():  # Client would wait for it forever
+        raise FileNotFoundError(f"scheduler file '{scheduler_file}' does not exist (is the scheduler running?)")
     if (client is not None or scheduler or scheduler_file) and n_workers:
         raise ValueError("the number of workers is set by the existing cluster; drop --workers")
     out_dir = Path(out_dir)

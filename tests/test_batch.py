@@ -160,6 +160,9 @@ def test_bad_arguments_exit_2(data, tmp_path, capsys):
     assert main(["batch", str(data / "seqs"), "--out-dir", str(tmp_path / "o"), "--scheduler",
                  "tcp://127.0.0.1:1", "--workers", "2", *FAST]) == 2
     assert "drop --workers" in capsys.readouterr().err
+    assert main(["batch", str(data / "seqs"), "--out-dir", str(tmp_path / "o"), "--scheduler-file",
+                 str(tmp_path / "nowhere.json"), *FAST]) == 2
+    assert "scheduler file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["batch", str(data / "seqs"), "--out-dir", str(tmp_path / "o"), "--workers", "0"])
     assert exc.value.code == 2
