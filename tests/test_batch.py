@@ -189,7 +189,7 @@ def _wait_for(predicate, timeout=60.0, what="condition"):
 def _start_worker(scheduler_file, name):
     return subprocess.Popen(
         [sys.executable, "-m", "dask", "worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
-         "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", name],
+         "--nthreads", "1", "--no-nanny", "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--name", name],
         env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -206,8 +206,9 @@ def external(tmp_path_factory):
     scheduler_file = folder / "scheduler.json"
     env = dict(_worker_env(), DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
     procs = [subprocess.Popen(
+        # --dashboard-address: the HTTP server (health checks) runs even with --no-dashboard
         [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(scheduler_file)],
+         "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(scheduler_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )]
     try:
