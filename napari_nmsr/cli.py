@@ -1,4 +1,4 @@
-"""The ``nmsr`` command line: register, batch, train, analyze, info.
+"""The ``nmsr`` command line: register, train, analyze, info.
 
 Thin like the GUI: it parses arguments, calls the engine in
 ``napari_nmsr.core`` and prints. Errors from the engine are printed as one
@@ -32,23 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="weights file from `nmsr train` (for --variant nmsr_v)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("batch", help="register many sequences on Dask (local cluster or an existing one)")
-    b.add_argument("inputs", nargs="+", help="sequence files, folders (every readable sequence inside) or glob patterns")
-    b.add_argument("--out-dir", required=True, help="folder for <stem>.nmsr.npz, <stem>.analysis.json and summary.csv")
-    b.add_argument("--masks", help="folder of masks: <stem>.npy, <stem>_mask.npy or <stem>_masks.npy per input")
-    b.add_argument("--workers", type=_positive_int, help="local cluster: worker processes (default: one per core, or per GPU)")
-    b.add_argument("--threads-per-worker", type=_positive_int, help="torch threads per sequence (default: cores / workers)")
-    where = b.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786); starts nothing")
-    where.add_argument("--scheduler-file", help="scheduler file of a running Dask cluster; starts nothing")
-    b.add_argument("--dashboard-address", default="127.0.0.1:8787",
-                   help="local cluster's dashboard (default 127.0.0.1:8787; 'none' to turn it off)")
-    b.add_argument("--resume", action="store_true", help="skip inputs whose result exists and loads")
-    b.add_argument("--analyze", action="store_true", help="also write <stem>.analysis.json (as `nmsr analyze`)")
-    _add_engine_options(b, threads=False)
-    b.add_argument("--weights", help="weights file from `nmsr train` (for --variant nmsr_v)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
-
     t = sub.add_parser("train", help="optimise NMSR_V starting weights over several sequences")
     t.add_argument("inputs", nargs="+", help="sequence files, or folders of sequence files")
     t.add_argument("--out", required=True, help="weights file (.pt)")
@@ -63,19 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--scale", type=int, default=-1, help="scale index to analyse (default: finest)")
     a.add_argument("--backward", help="result of the REVERSED sequence (same scales): adds forward-backward consistency")
 
+    from .cli_batch import add_batch_parser
+
+    add_batch_parser(sub, _add_engine_options)
+
     i = sub.add_parser("info", help="describe a sequence or result file, and the compute devices")
     i.add_argument("path", nargs="?", help="a sequence or a result .npz")
     return p
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_engine_options(p: argparse.ArgumentParser, threads: bool = True) -> None:
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
     from .core.register import VARIANTS
 
     p.add_argument("--variant", default="nmsr_vi", choices=VARIANTS)
@@ -84,8 +64,7 @@ def _add_engine_options(p: argparse.ArgumentParser, threads: bool = True) -> Non
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"], help="step budget (paper = 3500 per scale)")
     p.add_argument("--scales", default="0.125,0.25,0.5,1", help="comma-separated scales, coarse to fine")
     p.add_argument("--seed", type=int, default=0)
-    if threads:
-        p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
 
 
 def _config(args, **extra):
@@ -181,55 +160,6 @@ def format_metrics_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-class _BatchBar:
-    """One-line progress over sequences on stderr; failures get a line of their own."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-
-    def __call__(self, row: dict, done: int, total: int) -> None:
-        self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
-        if self.quiet:
-            return
-        if row["status"] == "failed":
-            sys.stderr.write(f"\rfailed: {row['input']}: {row['error']}\033[K\n")
-        width = 30
-        filled = int(round(width * done / max(total, 1)))
-        c = self.counts
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} sequences: "
-                         f"{c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed  ")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if not self.quiet:
-            sys.stderr.write("\n")
-
-
-def cmd_batch(args) -> int:
-    from .batch import SUMMARY_NAME, register_many
-
-    bar = _BatchBar(args.quiet)
-    dashboard = None if args.dashboard_address.lower() == "none" else args.dashboard_address
-    try:
-        rows = register_many(
-            args.inputs, out_dir=args.out_dir, masks=args.masks, config=_config(args, weights=args.weights),
-            n_workers=args.workers, threads_per_worker=args.threads_per_worker, scheduler=args.scheduler,
-            scheduler_file=args.scheduler_file, resume=args.resume, analyze=args.analyze,
-            dashboard_address=dashboard, progress=bar, log=lambda text: print(text, file=sys.stderr),
-        )
-    except KeyboardInterrupt:
-        bar.done()
-        print(f"interrupted; {Path(args.out_dir) / SUMMARY_NAME} lists the inputs that finished", file=sys.stderr)
-        return 130
-    bar.done()
-    failed = sum(r["status"] == "failed" for r in rows)
-    print(f"{len(rows)} inputs: {sum(r['status'] == 'ok' for r in rows)} ok, "
-          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed; "
-          f"summary in {Path(args.out_dir) / SUMMARY_NAME}")
-    return 1 if failed else 0
-
-
 def cmd_train(args) -> int:
     from .core.io import load_sequence
     from .core.train import train
@@ -301,9 +231,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .cli_batch import cmd_batch as run_batch
+
+    return run_batch(args, _config(args, weights=args.weights))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"register": cmd_register, "batch": cmd_batch, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}[args.command]
+    handler = {"register": cmd_register, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+               "batch": cmd_batch}[args.command]
     try:
         return handler(args)
     except (NMSRError, ValueError, FileNotFoundError) as exc:
