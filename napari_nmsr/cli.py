@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--scale", type=int, default=-1, help="scale index to analyse (default: finest)")
     a.add_argument("--backward", help="result of the REVERSED sequence (same scales): adds forward-backward consistency")
 
+    from .cli_batch import add_batch_parser
+
+    add_batch_parser(sub, _add_engine_options)
+
     i = sub.add_parser("info", help="describe a sequence or result file, and the compute devices")
     i.add_argument("path", nargs="?", help="a sequence or a result .npz")
     return p
@@ -247,13 +251,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .cli_batch import cmd_batch as run_batch
+
+    return run_batch(args, _config(args, weights=args.weights))
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("nmsr: interrupted", file=sys.stderr)
         return 130
-    handler = {"register": cmd_register, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info}[args.command]
+    handler = {"register": cmd_register, "train": cmd_train, "analyze": cmd_analyze, "info": cmd_info,
+               "batch": cmd_batch}[args.command]
     return run_quietly("nmsr", args.command, lambda: handler(args))
 
 
