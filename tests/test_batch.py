@@ -240,6 +240,13 @@ def test_cli_runs_on_an_existing_scheduler(data, tmp_path, external, capsys):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert {r["worker"] for r in rows} <= set(workers)  # ran on the hand-started worker
     assert all(RegistrationResult.load(r["result"]).n_scales == 2 for r in rows)
+    # the same cluster through its scheduler file; --resume skips the two results and runs the new input
+    capsys.readouterr()
+    code = main(["batch", *(str(seqs / f"cine{i}.npy") for i in range(3)), "--out-dir", str(tmp_path),
+                 "--scheduler-file", str(external["file"]), "--resume", *FAST])
+    assert code == 0 and "1 ok, 2 skipped, 0 failed" in capsys.readouterr().out
+    rows = read_summary(tmp_path / "summary.csv")
+    assert [r["status"] for r in rows] == ["skipped", "skipped", "ok"] and rows[2]["worker"] in workers
 
 
 def test_killed_worker_input_is_retried_and_finishes(data, tmp_path, external):
