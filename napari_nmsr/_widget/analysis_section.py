@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHeaderView, QLabel,
@@ -31,9 +32,9 @@ from napari_nmsr.core.analysis import analyze_fields, build_report, write_csv
 from napari_nmsr.core.errors import NMSRError
 
 from .consistency import ConsistencyControls
-from .layers import ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
+from .layers import ROLE_KEY, ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
 from .qt_util import row
-from .state import WorkflowState
+from .state import WorkflowState, check_field_matches
 from .worker import stop_worker
 
 if TYPE_CHECKING:
@@ -134,27 +135,51 @@ class AnalysisSection(QGroupBox):
 
     # ------------------------------------------------------------------ inputs
     def _result(self):
+        """The chosen sequence's result: its last run, else a result file opened as a layer that fits it."""
         if self._state.result is not None and self._state.result.n_scales:
             return self._state.result
-        layer = find_role(self._viewer, ROLE_VECTORS)
-        layers = [layer] if layer is not None else list(reversed(self._viewer.layers))
+        image = self._state.image_layer
+        layer = find_role(self._viewer, ROLE_VECTORS, image)
+        layers = [layer] if layer is not None else [
+            lyr for lyr in reversed(self._viewer.layers) if ROLE_KEY not in lyr.metadata  # opened result files
+        ]
         for lyr in layers:
             res = lyr.metadata.get("nmsr_result") if lyr is not None else None
             if res is not None and res.n_scales:
+                if image is not None and res.fields.shape[1] + 1 != image.data.shape[0]:
+                    continue  # another sequence's result
                 return res
         return None
 
     def _mask(self, n_frames: int):
         if self._state.run_mask is not None:
             return self._state.run_mask
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None:
             return None
         mask = np.asarray(layer.data) > 0
         return mask if mask.shape[0] == n_frames else None
 
+    def show_current(self, *_) -> None:
+        """Another sequence was chosen: its own analysis (table, plot), or an empty section."""
+        self.analysis, self.report = self._state.analysis, self._state.report
+        self.table.setRowCount(0)
+        if self.canvas is not None:
+            self._figure.clear()
+            self.canvas.draw_idle()
+        self.export_button.setEnabled(self.report is not None)
+        self.status.setText("Run a registration (or open a result file) first")
+        self.on_result()
+        if self.report is not None:
+            self._fill_table()
+            self._plot()
+            self._describe_done()
+        self.consistency.show_current()
+
     def on_result(self, result=None) -> None:
         """A run finished: offer its scales (finest selected)."""
+        if result is not None and result is not self._state.result:
+            return  # a run of another sequence than the chosen one
         result = result if result is not None else self._result()
         self.scale.clear()
         if result is not None and result.n_scales:
@@ -172,8 +197,17 @@ class AnalysisSection(QGroupBox):
             self.on_result(result)
         k = max(self.scale.currentIndex(), 0)
         fields = result.fields[k]
+        image = self._state.image_layer
+        if image is not None:
+            try:
+                check_field_matches(fields, image, "The result")
+            except ValueError as exc:
+                self.status.setText(str(exc))
+                show_error(str(exc))
+                return
         mask = self._mask(fields.shape[0] + 1)
         kwargs = {"frame_interval_s": result.frame_interval_s, "pixel_spacing_mm": result.pixel_spacing_mm}
+        self._compute_seq = self._state.current
         self.compute_button.setEnabled(False)
         self.status.setText(f"Analysing scale {result.scales[k]:g}…")
 
@@ -211,12 +245,19 @@ class AnalysisSection(QGroupBox):
         self.status.setText(str(exc) if isinstance(exc, NMSRError) else f"Analysis failed: {exc!r}")
 
     def _on_done(self, out) -> None:
+        seq = self._compute_seq
+        seq.analysis, seq.report = out
+        if seq is not self._state.current:
+            return  # another sequence was chosen meanwhile: shown when it is chosen again
         self.analysis, self.report = out
         self._show_map()
         self._show_vortices()
         self._fill_table()
         self._plot()
         self.export_button.setEnabled(True)
+        self._describe_done()
+
+    def _describe_done(self) -> None:
         n = self.report["summary"]["pairs_with_vortex"]
         notes = " ".join(self.report["notes"])
         self.status.setText(f"{n} of {self.analysis.n_pairs} frame pairs have a vortex. {notes}".strip())
@@ -237,10 +278,11 @@ class AnalysisSection(QGroupBox):
         data = map_stack(self.analysis, key)
         vmax = float(np.percentile(np.abs(data), 99.5)) or 1.0
         unit = unit.format(time=self.analysis.calibration.time_unit)
-        layer = put_layer(self._viewer, ROLE_MAP, "image", data, name=f"NMSR {label}", colormap=DIVERGING,
+        layer = put_layer(self._viewer, ROLE_MAP, "image", data, source=self._state.image_layer,
+                          name=f"NMSR {label}", colormap=DIVERGING,
                           contrast_limits=(-vmax, vmax), opacity=0.8, blending="translucent", **self._placement())
         layer.name, layer.contrast_limits = f"NMSR {label} ({unit})", (-vmax, vmax)
-        vec = find_role(self._viewer, ROLE_VECTORS)
+        vec = find_role(self._viewer, ROLE_VECTORS, self._state.image_layer)
         if vec is not None:
             i, j = self._viewer.layers.index(layer), self._viewer.layers.index(vec)
             if i > j:
@@ -248,11 +290,12 @@ class AnalysisSection(QGroupBox):
 
     def _show_vortices(self) -> None:
         data, features = vortex_points(self.analysis)
-        put_layer(self._viewer, ROLE_VORTICES, "points", data, name="vortex centres", features=features,
+        put_layer(self._viewer, ROLE_VORTICES, "points", data, source=self._state.image_layer, name="vortex centres", features=features,
                   face_color="yellow", size=4, **self._placement())
         track = main_track(self.analysis)
         if len(track) >= 2:
-            put_layer(self._viewer, ROLE_TRACK, "tracks", track, name="main vortex path", tail_length=50,
+            put_layer(self._viewer, ROLE_TRACK, "tracks", track, source=self._state.image_layer,
+                      name="main vortex path", tail_length=50,
                       **self._placement())
 
     # ------------------------------------------------------------------ numbers

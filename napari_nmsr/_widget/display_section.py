@@ -98,7 +98,7 @@ class DisplaySection(QGroupBox):
             return None
         if self._state.run_mask is not None:
             return self._state.run_mask
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None or not self._state.done:
             return None
         mask = np.asarray(layer.data) > 0
@@ -131,15 +131,26 @@ class DisplaySection(QGroupBox):
         self._arrows = []
         self._update_layer()
 
-    def finish(self, result) -> None:
-        """A run ended: drop the layer made at Run when no scale finished (error, early cancel)."""
-        if not self._arrows:
-            layer = find_role(self._viewer, ROLE_VECTORS)
+    def finish(self, result, image=None) -> None:
+        """A run on ``image`` ended: drop the layer made at Run when no scale finished (error, early cancel)."""
+        image = self._state.image_layer if image is None else image
+        if result is None or not result.n_scales:
+            layer = find_role(self._viewer, ROLE_VECTORS, image)
             if layer is not None:
                 self._viewer.layers.remove(layer)
 
+    def show_current(self, *_) -> None:
+        """Another sequence was chosen: its own arrows (rebuilt from its scales), or none."""
+        self._arrows = []
+        if self._state.done:
+            self.refresh()
+        else:
+            self.legend_text.setText("Run a registration to see the motion field")
+
     def add_scale(self, done: ScaleDone) -> None:
-        """Show a finished scale at once and move the scale slider to it."""
+        """Show a finished scale at once and move the scale slider to it (when its sequence is shown)."""
+        if not any(d is done for d in self._state.done):
+            return  # the run's sequence is not the chosen one: it is shown when chosen again
         self._arrows.append(self._arrows_for(done))
         self._update_layer()
         self._viewer.dims.set_current_step(0, done.scale_index)
@@ -157,14 +168,15 @@ class DisplaySection(QGroupBox):
 
     def _restyle(self, *_) -> None:
         self._remember()
-        layer = find_role(self._viewer, ROLE_VECTORS)
+        layer = self.vectors_layer()
         if layer is not None:
             layer.length = self.length.value()
             layer.edge_width = self.width.value()
 
     # ------------------------------------------------------------------ layer
     def vectors_layer(self):
-        return find_role(self._viewer, ROLE_VECTORS)
+        """The chosen sequence's quiver layer, or None."""
+        return find_role(self._viewer, ROLE_VECTORS, self._state.image_layer)
 
     def _update_layer(self) -> None:
         arrows = display.concat_arrows(self._arrows)
@@ -181,7 +193,7 @@ class DisplaySection(QGroupBox):
                 "units": ("pixel", *[str(u) for u in image.units[-3:]]),
             }
         layer = put_layer(
-            self._viewer, ROLE_VECTORS, "vectors", arrows.data,
+            self._viewer, ROLE_VECTORS, "vectors", arrows.data, source=image,
             name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=COLORMAP,
             edge_contrast_limits=(0.0, vmax), length=self.length.value(), edge_width=self.width.value(),
             vector_style="arrow", opacity=1.0, axis_labels=("scale", "t", "y", "x"),
@@ -205,8 +217,11 @@ class DisplaySection(QGroupBox):
         grey = ""
         if self._state.inconsistency is not None:
             grey = f" Grey = the forward and backward runs disagree by more than {self._state.consistency_threshold:g} px."
+        if not self._state.done:
+            self.legend_text.setText("Running: the first scale's arrows appear when it is done.")
+            return
         self.legend_text.setText(
-            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis) {scales}."
+            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis): {scales}."
         )
 
     def _paint_legend(self) -> None:

@@ -20,7 +20,7 @@ from napari_nmsr.core.export import atomic_write, save_contours_csv, save_contou
 from napari_nmsr.core.tracking import track_points, tracking_report
 
 from .layers import ROLE_MASKS, ROLE_POINTS, ROLE_TRACKED, ROLE_VECTORS, find_role, placed_like, put_layer
-from .state import WorkflowState, sequence_info
+from .state import WorkflowState, check_field_matches, sequence_info
 
 if TYPE_CHECKING:
     import napari
@@ -81,12 +81,12 @@ class ExportSection(QGroupBox):
         n = len(self._state.done)
         if n == 0:
             raise ValueError("Run a registration first (3. Registration).")
-        if find_role(self._viewer, ROLE_VECTORS) is None or self._viewer.dims.ndim < 4:
+        if find_role(self._viewer, ROLE_VECTORS, self._state.image_layer) is None or self._viewer.dims.ndim < 4:
             return n - 1
         return int(np.clip(self._viewer.dims.current_step[0], 0, n - 1))
 
     def _ed_contour(self) -> tuple[int, np.ndarray]:
-        points = find_role(self._viewer, ROLE_POINTS)
+        points = find_role(self._viewer, ROLE_POINTS, self._state.image_layer)
         if points is None or not self._state.ed_frames:
             raise ValueError("Mark ED and press 'Refine (active contour)' in 2. Masks to get the contour to track.")
         feats = points.features
@@ -101,20 +101,23 @@ class ExportSection(QGroupBox):
 
     def track_contour(self):
         """Track the ED contour (Lagrangian) through the shown scale: a Points layer (t, y, x)."""
+        image = self._state.image_layer
         try:
+            if image is None:
+                raise ValueError("Choose an image layer in 1. Sequence first.")
             k = self.shown_scale_index()
-            start, contour = self._ed_contour()
             field = self._state.done[k].field
+            check_field_matches(field, image, "The registration field")
+            start, contour = self._ed_contour()
             tracked = track_points(field, contour, start)
         except (NMSRError, ValueError) as exc:
             show_error(str(exc))
             return None
         n_frames, n = tracked.positions.shape[:2]
         data = np.concatenate([np.column_stack([np.full(n, t), tracked.positions[t]]) for t in range(n_frames)])
-        image = self._state.image_layer
         info = sequence_info(image)
         layer = put_layer(
-            self._viewer, ROLE_TRACKED, "points", data.astype(np.float32),
+            self._viewer, ROLE_TRACKED, "points", data.astype(np.float32), source=image,
             name="NMSR tracked contour", **placed_like(image),
             size=max(1.5, image.data.shape[-1] / 90), face_color="cyan", border_width=0,
         )
@@ -124,7 +127,7 @@ class ExportSection(QGroupBox):
         return layer
 
     def _report(self, tracked) -> None:
-        masks = find_role(self._viewer, ROLE_MASKS)
+        masks = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         reference = None if masks is None else masks.metadata.get("inner_contours")
         text = f"Tracked {tracked.positions.shape[1]} points over {tracked.positions.shape[0]} frames"
         if reference is not None and np.shape(reference) == tracked.positions.shape:
@@ -136,7 +139,7 @@ class ExportSection(QGroupBox):
 
     # ------------------------------------------------------------------ files
     def save_contours(self, path: str) -> Path:
-        layer = find_role(self._viewer, ROLE_TRACKED)
+        layer = find_role(self._viewer, ROLE_TRACKED, self._state.image_layer)
         if layer is None:
             raise ValueError("Track the ED contour first (button above).")
         state = {"features": layer.features, "metadata": layer.metadata}
@@ -155,7 +158,7 @@ class ExportSection(QGroupBox):
         return self._state.result.save(path)
 
     def save_masks(self, path: str) -> Path:
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None:
             raise ValueError("No masks yet: press 'Interpolate over the cycle' in 2. Masks.")
         if Path(path).suffix.lower() not in (".tif", ".tiff", ".npy"):

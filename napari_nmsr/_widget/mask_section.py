@@ -17,8 +17,10 @@ from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QGroupBox, QLabel, QPush
 from napari_nmsr.core.errors import NMSRError
 from napari_nmsr.core.masks import contour_to_mask, interpolate_contours, snap_contour, wall_masks
 
-from .layers import ROLE_DRAWN, ROLE_MASKS, ROLE_POINTS, find_role, placed_like, put_layer, time_index
-from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info
+from .layers import (
+    ROLE_DRAWN, ROLE_KEY, ROLE_MASKS, ROLE_POINTS, SOURCE_KEY, find_role, placed_like, put_layer, time_index,
+)
+from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info, source_id
 
 if TYPE_CHECKING:
     import napari
@@ -77,14 +79,15 @@ class MaskSection(QGroupBox):
 
     # ------------------------------------------------------------------ marks
     def on_layer_changed(self, layer) -> None:
-        """A new sequence: take the ED/ES frames its file or sample gives, if any."""
-        self._state.ed_frames, self._state.es_frames = [], []
-        if layer is not None:
+        """Another sequence: show its own marks; the first time, take the ED/ES frames its file gives."""
+        seq = self._state.for_layer(layer)
+        if layer is not None and not seq.marks_from_file:
+            seq.marks_from_file = True
             info = sequence_info(layer)
-            if info["ed_index"] is not None:
-                self._state.ed_frames = [int(info["ed_index"])]
-            if info["es_index"] is not None:
-                self._state.es_frames = [int(info["es_index"])]
+            if info["ed_index"] is not None and not seq.ed_frames:
+                seq.ed_frames = [int(info["ed_index"])]
+            if info["es_index"] is not None and not seq.es_frames:
+                seq.es_frames = [int(info["es_index"])]
         self._show_marks()
 
     def mark(self, phase: str) -> int | None:
@@ -122,7 +125,7 @@ class MaskSection(QGroupBox):
 
     def _drawn_layer(self):
         image = self._state.image_layer
-        layer = find_role(self._viewer, ROLE_DRAWN)
+        layer = find_role(self._viewer, ROLE_DRAWN, image)
         if layer is not None and image is not None and tuple(layer.data.shape) != tuple(image.data.shape[:3]):
             return None
         return layer
@@ -138,7 +141,7 @@ class MaskSection(QGroupBox):
                 np.zeros(image.data.shape[:3], np.uint8),
                 name="NMSR drawn masks",
                 **placed_like(image),
-                metadata={"nmsr_role": ROLE_DRAWN},
+                metadata={ROLE_KEY: ROLE_DRAWN, SOURCE_KEY: source_id(image)},
             )
         self._viewer.layers.selection.active = layer
         layer.selected_label = CAVITY
@@ -198,7 +201,7 @@ class MaskSection(QGroupBox):
         data = np.concatenate(rows).astype(np.float32)
         features = {"phase": np.array(phase), "contour": np.array(contour), "point": np.array(index)}
         layer = put_layer(
-            self._viewer, ROLE_POINTS, "points", data,
+            self._viewer, ROLE_POINTS, "points", data, source=image,
             name="NMSR contour points", **placed_like(image),
             size=max(1.5, image.data.shape[-1] / 90), face_color="yellow", border_width=0,
         )
@@ -226,7 +229,7 @@ class MaskSection(QGroupBox):
         image = self._image()
         if image is None or not self._check_marks():
             return None
-        points = find_role(self._viewer, ROLE_POINTS)
+        points = find_role(self._viewer, ROLE_POINTS, image)
         if points is None or len(points.data) == 0:
             points = self.refine()
             if points is None:
@@ -253,7 +256,7 @@ class MaskSection(QGroupBox):
             return None
         _show_warnings(caught)
         layer = put_layer(
-            self._viewer, ROLE_MASKS, "labels", result.astype(np.uint8),
+            self._viewer, ROLE_MASKS, "labels", result.astype(np.uint8), source=image,
             name="NMSR masks", **placed_like(image), opacity=0.35,
         )
         layer.metadata["inner_contours"] = cycles["inner"]  # (T, N, 2): the reference for tracking

@@ -85,6 +85,8 @@ class RegistrationSection(QGroupBox):
         self._cancel_requested_at: float | None = None
         self._closed = False  # the panel is going away: ignore late worker events
         self.last_stop_seconds: float | None = None  # Cancel -> thread returned
+        self.run_image = None  # the image layer of the current / last run
+        self._run_seq = state.current
 
         self.variant = QComboBox()
         for key, label in VARIANT_LABELS.items():
@@ -226,6 +228,8 @@ class RegistrationSection(QGroupBox):
         self._cancel_requested_at = None
         self._state.clear_run()
         self._state.run_mask = mask
+        self.run_image = image  # the run belongs to this sequence, whatever is chosen later
+        self._run_seq = self._state.current
         self._info = sequence_info(image)
         self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales))))
         self._pbar = progress(total=self._total_steps, desc="NMSR registration")
@@ -244,7 +248,7 @@ class RegistrationSection(QGroupBox):
     def _mask(self, shape) -> np.ndarray | None:
         if not self.use_mask.isChecked():
             return None
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None:
             return None
         mask = np.asarray(layer.data) > 0
@@ -299,7 +303,7 @@ class RegistrationSection(QGroupBox):
     def _on_scale(self, done: ScaleDone) -> None:
         if self._closed:
             return
-        self._state.done.append(done)
+        self._run_seq.done.append(done)
         self.scale_done.emit(done)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -322,7 +326,7 @@ class RegistrationSection(QGroupBox):
         self._close_pbar()
         self.run_button.setText("Run")
         self.cancel_button.setEnabled(False)
-        done = self._state.done
+        done = self._run_seq.done
         if self._failed and not done:
             self.status.setText("Failed: see the notification")
             self.run_finished.emit(None)
@@ -336,7 +340,7 @@ class RegistrationSection(QGroupBox):
             pixel_spacing_mm=info["pixel_spacing_mm"],
             device=describe_device(pick_device(self._config.device)),
         )
-        self._state.result = result
+        self._run_seq.result = result
         if result.cancelled:
             self.status.setText(f"Stopped: {len(done)} of {len(self._config.effective_scales)} scales finished and kept")
             show_info(self.status.text())

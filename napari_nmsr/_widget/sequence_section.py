@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel
 
-from .layers import kind
+from .layers import ROLE_KEY, adopt_unbound, kind
 from .state import MODES, SESSION_SETTINGS, WorkflowState, sequence_info
 
 if TYPE_CHECKING:
@@ -48,29 +48,47 @@ class SequenceSection(QGroupBox):
         self.layer_combo.currentIndexChanged.connect(self._on_layer_choice)
         self.mode_combo.currentIndexChanged.connect(self._on_mode)
         events = viewer.layers.events
-        events.inserted.connect(self.refresh)
-        events.removed.connect(self.refresh)
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self._on_removed)
         events.changed.connect(self.refresh)
         self.refresh()
 
     def disconnect_viewer(self) -> None:
         events = self._viewer.layers.events
-        for emitter in (events.inserted, events.removed, events.changed):
-            emitter.disconnect(self.refresh)
+        for emitter, slot in ((events.inserted, self._on_inserted), (events.removed, self._on_removed),
+                              (events.changed, self.refresh)):
+            emitter.disconnect(slot)
 
     # ------------------------------------------------------------------ layers
     def image_layers(self) -> list["Image"]:
-        return [lyr for lyr in self._viewer.layers if kind(lyr) == "image" and lyr.ndim >= 3]
+        """Sequences: image layers with a time axis, not made by the panel (maps are images too)."""
+        return [lyr for lyr in self._viewer.layers
+                if kind(lyr) == "image" and lyr.ndim >= 3 and ROLE_KEY not in lyr.metadata]
 
-    def refresh(self, event=None) -> None:
-        """Rebuild the layer list; keep the current choice when it still exists."""
+    def _on_inserted(self, event=None) -> None:
+        """A new sequence (File > Open, a sample) becomes the chosen one."""
+        layer = getattr(event, "value", None)
+        self.refresh(chosen=layer if layer is not None and layer in self.image_layers() else None)
+        adopt_unbound(self._viewer, self._state.image_layer)
+
+    def _on_removed(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and kind(layer) == "image" and ROLE_KEY not in layer.metadata:
+            self._state.forget(layer)
+        self.refresh()
+
+    def refresh(self, event=None, chosen=None) -> None:
+        """Rebuild the layer list; keep the current choice when it still exists (or take ``chosen``)."""
         current = self._state.image_layer
         layers = self.image_layers()
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         for lyr in layers:
             self.layer_combo.addItem(lyr.name)
-        keep = current if current in layers else (layers[-1] if layers else None)
+        if chosen is not None:
+            keep = chosen
+        else:
+            keep = current if current in layers else (layers[-1] if layers else None)
         if keep is not None:
             self.layer_combo.setCurrentIndex(layers.index(keep))
         self.layer_combo.blockSignals(False)

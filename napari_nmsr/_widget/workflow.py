@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QScrollArea, QVBo
 
 from .display_section import DisplaySection
 from .export_section import ExportSection
-from .layers import ROLE_VECTORS, find_role
+from .layers import ROLE_VECTORS, adopt_unbound, find_role, show_sequence
 from .mask_section import MaskSection
 from .metrics_table import MetricsTable
 from .registration_section import RegistrationSection
@@ -70,24 +70,42 @@ class WorkflowWidget(QWidget):
         outer.addWidget(scroll)
         self.setMinimumWidth(340)
 
-        self.sequence.layer_changed.connect(self.masks.on_layer_changed)
+        self.sequence.layer_changed.connect(self._on_sequence_changed)
         self.registration.run_started.connect(self._watch_window)
         self.registration.run_started.connect(self.display.clear)
         self.registration.run_started.connect(self.metrics.clear_rows)
         self.registration.scale_done.connect(self.display.add_scale)
-        self.registration.scale_done.connect(self.metrics.add_scale)
+        self.registration.scale_done.connect(self._on_scale_done)
         self.registration.run_finished.connect(self._on_run_finished)
         if self.analysis is not None and hasattr(self.analysis, "consistency_changed"):
             self.registration.run_started.connect(self.analysis.on_run_started)
             self.analysis.consistency_changed.connect(self.display.refresh)
-        self.masks.on_layer_changed(self.state.image_layer)
+        self._on_sequence_changed(self.state.image_layer)
         QApplication.instance().aboutToQuit.connect(self.shutdown)
 
     # ------------------------------------------------------------------ wiring
+    def _on_sequence_changed(self, layer) -> None:
+        """Another sequence chosen (or opened): every section shows ITS state; other sequences' layers hide."""
+        adopt_unbound(self.viewer, layer)
+        show_sequence(self.viewer, layer)
+        self.masks.on_layer_changed(layer)
+        self.display.show_current()
+        self.metrics.clear_rows()
+        for done in self.state.done:
+            self.metrics.add_scale(done)
+        if self.analysis is not None and hasattr(self.analysis, "show_current"):
+            self.analysis.show_current()
+        self.export.status.setText("")
+
+    def _on_scale_done(self, done) -> None:
+        if any(d is done for d in self.state.done):  # the run's sequence is the chosen one
+            self.metrics.add_scale(done)
+
     def _on_run_finished(self, result) -> None:
-        """Attach the (possibly partial) result to the quiver layer, for the NPZ writer."""
-        self.display.finish(result)
-        layer = find_role(self.viewer, ROLE_VECTORS)
+        """Attach the (possibly partial) result to the run's quiver layer, for the NPZ writer."""
+        image = self.registration.run_image
+        self.display.finish(result, image)
+        layer = find_role(self.viewer, ROLE_VECTORS, image)
         if layer is not None and result is not None:
             layer.metadata["nmsr_result"] = result
         if self.analysis is not None and hasattr(self.analysis, "on_result"):

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 
 from napari_nmsr._widget.analysis_section import AnalysisSection
-from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS
+from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY
 from napari_nmsr._widget.state import WorkflowState
 from napari_nmsr.core.analysis.analytic import lamb_oseen_field
 from napari_nmsr.core.result import RegistrationResult
@@ -26,7 +26,7 @@ def _result(n_pairs=3):
 def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.random.default_rng(0).random((4, *SHAPE)).astype(np.float32) * 0.5 + 0.25)
-    viewer.add_vectors(np.zeros((1, 2, 4)), ndim=4, metadata={ROLE_KEY: ROLE_VECTORS})
+    viewer.add_vectors(np.zeros((1, 2, 4)), ndim=4, metadata={ROLE_KEY: ROLE_VECTORS, SOURCE_KEY: str(image.unique_id)})
     state = WorkflowState(image_layer=image, result=_result())
     section = AnalysisSection(viewer, state)
     qtbot.addWidget(section)
