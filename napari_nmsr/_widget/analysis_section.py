@@ -34,7 +34,7 @@ from napari_nmsr.core.errors import NMSRError
 from .consistency import ConsistencyControls
 from .layers import ROLE_KEY, ROLE_MASKS, ROLE_VECTORS, find_role, placed_like, put_layer
 from .qt_util import row
-from .state import WorkflowState, check_field_matches
+from .state import WorkflowState, check_field_matches, sequence_info
 from .worker import stop_worker
 
 if TYPE_CHECKING:
@@ -207,6 +207,9 @@ class AnalysisSection(QGroupBox):
                 return
         mask = self._mask(fields.shape[0] + 1)
         kwargs = {"frame_interval_s": result.frame_interval_s, "pixel_spacing_mm": result.pixel_spacing_mm}
+        if image is not None:  # what 1. Sequence says now (a calibration after the run counts)
+            info = sequence_info(image)
+            kwargs = {k: info[k] if info[k] is not None else v for k, v in kwargs.items()}
         self._compute_seq = self._state.current
         self.compute_button.setEnabled(False)
         self.status.setText(f"Analysing scale {result.scales[k]:g}…")

@@ -236,6 +236,7 @@ class MaskSection(QGroupBox):
                 return None
         n_frames, h, w = image.data.shape[:3]
         smoothing = float(self.smoothing.value())
+        cycle_frames = sequence_info(image)["cycle_frames"]  # 1. Sequence > Cycle length (None: from the marks)
         masks, cycles = {}, {}
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -244,7 +245,7 @@ class MaskSection(QGroupBox):
                     counts = {len(c) for g in phases.values() for c in g.values()}
                     if len(counts) != 1:
                         raise _PointCountError(name, counts)
-                    cycle = interpolate_contours(phases["ED"], phases["ES"], n_frames)
+                    cycle = interpolate_contours(phases["ED"], phases["ES"], n_frames, cycle_length=cycle_frames)
                     cycles[name] = cycle
                     masks[name] = np.stack([contour_to_mask(p, (h, w), smoothing) for p in cycle])
                 if "outer" in masks:

@@ -340,6 +340,7 @@ class RegistrationSection(QGroupBox):
             pixel_spacing_mm=info["pixel_spacing_mm"],
             device=describe_device(pick_device(self._config.device)),
         )
+        result.masks = self._run_seq.run_mask  # saved with the fields: a reopened result shows only these arrows
         self._run_seq.result = result
         if result.cancelled:
             self.status.setText(f"Stopped: {len(done)} of {len(self._config.effective_scales)} scales finished and kept")

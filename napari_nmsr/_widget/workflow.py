@@ -71,6 +71,7 @@ class WorkflowWidget(QWidget):
         self.setMinimumWidth(340)
 
         self.sequence.layer_changed.connect(self._on_sequence_changed)
+        self.sequence.units_changed.connect(self.display.refresh)
         self.registration.run_started.connect(self._watch_window)
         self.registration.run_started.connect(self.display.clear)
         self.registration.run_started.connect(self.metrics.clear_rows)

@@ -305,7 +305,8 @@ def _phase_lengths(marks, cycle_length):
         cycle_length = known / frac
         warnings.warn(
             f"Cycle length unknown: assuming {cycle_length:.1f} frames (systole = "
-            f"{SYSTOLE_FRACTION:.0%} of the cycle). Mark the next ED or ES, or give the cycle length.",
+            f"{SYSTOLE_FRACTION:.0%} of the cycle). Mark the next ED or ES, or give the cycle length "
+            f"(cycle_length=, or 'Cycle length' in the panel's Sequence section).",
             MaskWarning,
             stacklevel=3,
         )

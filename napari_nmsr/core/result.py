@@ -18,6 +18,8 @@ frame_interval_s    () f8                  seconds between frames (NaN if unknow
 pixel_spacing_mm    (2,) f8                (dy, dx) mm per pixel (NaN if unknown)
 velocity_cm_s       (T-1, 2, H, W) f4      motion of the finest scale in cm/s
                                            (only when spacing and interval known)
+masks               (T, H, W) bool         the masks the run was restricted to
+                                           (only when it had masks)
 cancelled           () bool                the run was stopped before the last scale
 config_json         () str                 the RegistrationConfig
 convention_json     () str                 ``convention.CONVENTION``
@@ -59,6 +61,7 @@ class RegistrationResult:
     seconds: np.ndarray | None = None
     final_loss: np.ndarray | None = None
     device: str = ""
+    masks: np.ndarray | None = None  # (T, H, W) bool the run was restricted to, if any
 
     @classmethod
     def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "") -> "RegistrationResult":
@@ -146,6 +149,8 @@ class RegistrationResult:
         velocity = self.velocity_cm_s()
         if velocity is not None:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
+        if self.masks is not None:
+            payload["masks"] = np.asarray(self.masks, dtype=bool)
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
 
@@ -185,6 +190,7 @@ class RegistrationResult:
             seconds=data.get("seconds"),
             final_loss=data.get("final_loss"),
             device=str(data.get("device", "")),
+            masks=None if data.get("masks") is None else np.asarray(data["masks"], dtype=bool),
         )
 
 
