@@ -145,6 +145,7 @@ class WorkflowWidget(QWidget):
         if self.analysis is not None and hasattr(self.analysis, "shutdown"):
             self.analysis.shutdown()
         self.sequence.disconnect_viewer()
+        self.masks.unbind_keys()
         try:
             QApplication.instance().aboutToQuit.disconnect(self.shutdown)
         except (TypeError, RuntimeError):

@@ -59,7 +59,7 @@ def test_two_sequences_keep_their_own_results(make_napari_viewer, qtbot):
     # the second cine's own drawing goes into its own layer
     drawn_second = widget.masks.paint_layer()
     assert drawn_second.data.shape == (9, 48, 80) and drawn_second.metadata[SOURCE_KEY] == str(second.unique_id)
-    assert drawn_second is not drawn and drawn.data.shape == (6, 64, 64)
+    assert drawn_second != drawn and drawn.data.shape == (6, 64, 64)
 
     # back to the first: its own state and layers again, the second's hidden
     widget.sequence.select_layer(first)
