@@ -55,12 +55,20 @@ DIVERGING = Colormap(
     colors=[[0.1, 0.3, 1.0, 1.0], [0.6, 0.7, 1.0, 0.6], [1.0, 1.0, 1.0, 0.0], [1.0, 0.6, 0.5, 0.6], [1.0, 0.15, 0.1, 1.0]],
     controls=[0.0, 0.3, 0.5, 0.7, 1.0], name="nmsr_diverging",
 )
-#: (header, report key, format)
+#: (header, report key, format, unit key in the report's units or None, tooltip). "frame" is the frame
+#: the pair's arrows are drawn on (pair t -> frame t+1, as the time slider shows); the centre is in mm
+#: when the pixel size is known, else px.
 TABLE_COLUMNS = (
-    ("t", "t", "{:d}"), ("centre x", "vortex_centre_xy", "{:.1f}"), ("centre y", "vortex_centre_xy", "{:.1f}"),
-    ("circulation", "vortex_circulation", "{:.3g}"), ("depth", "vortex_depth", "{:.2f}"),
-    ("KE", "kinetic_energy", "{:.3g}"), ("strain %", "contour_strain", "{:.2f}"),
+    ("frame", "t", "{:d}", None, "Frame on the time slider (the pair ending there)"),
+    ("time", "time", "{:.3g}", "time", "Time of that frame"),
+    ("x", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, column"),
+    ("y", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, row"),
+    ("circ.", "vortex_circulation", "{:.3g}", "vortex_circulation", "Circulation of the main vortex"),
+    ("depth", "vortex_depth", "{:.2f}", None, "Depth of the main vortex (0 = base, 1 = apex)"),
+    ("KE", "kinetic_energy", "{:.3g}", "kinetic_energy", "Kinetic energy in the mask"),
+    ("strain %", "contour_strain", "{:.2f}", None, "Contour (global longitudinal-like) strain"),
 )
+MAIN_VORTEX_COLOUR, OTHER_VORTEX_COLOUR = "#ff3cff", "#ffe000"
 
 
 def map_stack(analysis, key: str) -> np.ndarray:
@@ -93,6 +101,7 @@ class AnalysisSection(QGroupBox):
     """Analysis of a finished run: maps, vortices, numbers per frame pair, confidence."""
 
     consistency_changed = Signal()  # the forward-backward inconsistency or its threshold changed
+    map_shown = Signal()  # a red/blue map is now under the quiver
 
     def __init__(self, viewer: "napari.Viewer", state: WorkflowState, parent=None):
         super().__init__("Analysis", parent)
@@ -113,7 +122,9 @@ class AnalysisSection(QGroupBox):
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setMinimumHeight(120)
+        self.table.setStyleSheet("font-size: 11px;")
         self.canvas = self._make_canvas()
         self.consistency = ConsistencyControls(viewer, state, self._result, self.scale.currentIndex)
         buttons = row(self.compute_button, self.export_button)
@@ -290,11 +301,23 @@ class AnalysisSection(QGroupBox):
             i, j = self._viewer.layers.index(layer), self._viewer.layers.index(vec)
             if i > j:
                 self._viewer.layers.move(i, j)
+        self.map_shown.emit()
 
     def _show_vortices(self) -> None:
+        """Every vortex centre; the main one of each pair larger, magenta and a star (the others yellow dots)."""
         data, features = vortex_points(self.analysis)
-        put_layer(self._viewer, ROLE_VORTICES, "points", data, source=self._state.image_layer, name="vortex centres", features=features,
-                  face_color="yellow", size=4, **self._placement())
+        main = features["main"]
+        colours = np.array([MAIN_VORTEX_COLOUR if m else OTHER_VORTEX_COLOUR for m in main]).reshape(-1)
+        image = self._state.image_layer
+        base = max(3.0, (image.data.shape[-1] if image is not None else 128) / 60)
+        layer = put_layer(self._viewer, ROLE_VORTICES, "points", data, source=image, name="vortex centres",
+                          features=features, **self._placement())
+        layer.features = features
+        if len(data):
+            layer.face_color = colours
+            layer.size = np.where(main, 2.0 * base, base)
+            layer.symbol = np.where(main, "star", "disc")
+            layer.border_color = "black"
         track = main_track(self.analysis)
         if len(track) >= 2:
             put_layer(self._viewer, ROLE_TRACK, "tracks", track, source=self._state.image_layer,
@@ -303,13 +326,25 @@ class AnalysisSection(QGroupBox):
 
     # ------------------------------------------------------------------ numbers
     def _fill_table(self) -> None:
-        pairs = self.report["pairs"]
+        pairs, units = self.report["pairs"], self.report["units"]
+        physical = self.report.get("pixel_spacing_mm") is not None
+        headers = []
+        for header, key, fmt, unit_key, tip in TABLE_COLUMNS:
+            unit = ("mm" if physical else "px") if unit_key == "centre" else units.get(unit_key, "") if unit_key else ""
+            headers.append(f"{header} ({unit})" if unit else header)
+        self.table.setHorizontalHeaderLabels(headers)
+        for c, (*_, tip) in enumerate(TABLE_COLUMNS):
+            self.table.horizontalHeaderItem(c).setToolTip(tip)
         self.table.setRowCount(len(pairs))
         for r, p in enumerate(pairs):
-            for c, (header, key, fmt) in enumerate(TABLE_COLUMNS):
-                v = p.get(key)
-                if key == "vortex_centre_xy" and v is not None:
-                    v = v[0] if header.endswith("x") else v[1]
+            for c, (header, key, fmt, unit_key, _) in enumerate(TABLE_COLUMNS):
+                if key == "t":
+                    v = p["t"] + 1  # the pair (t, t+1) is drawn on frame t+1
+                elif key == "vortex_centre":
+                    v = p.get("vortex_centre_mm" if physical else "vortex_centre_xy")
+                    v = None if v is None else (v[0] if header == "x" else v[1])
+                else:
+                    v = p.get(key)
                 self.table.setItem(r, c, QTableWidgetItem("" if v is None else fmt.format(v)))
 
     def table_rows(self) -> list[list[str]]:
@@ -326,22 +361,42 @@ class AnalysisSection(QGroupBox):
         canvas.setMinimumHeight(160)
         return canvas
 
+    def _theme_colours(self) -> tuple[str, str]:
+        """(background, text) of napari's current theme, so the plot is not a white box on the dark theme."""
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self._viewer.theme)
+            return theme.background.as_hex(), theme.text.as_hex()
+        except Exception:  # an unknown theme name: matplotlib's defaults
+            return "#ffffff", "#000000"
+
     def _plot(self) -> None:
         if self.canvas is None:
             return
+        bg, fg = self._theme_colours()
         self._figure.clear()
+        self._figure.set_facecolor(bg)
         ax = self._figure.add_subplot(111)
         pairs, units = self.report["pairs"], self.report["units"]
         t = [p["time"] for p in pairs]
         circ = [np.nan if p["vortex_circulation"] is None else p["vortex_circulation"] for p in pairs]
-        ax.plot(t, circ, "o-", color="tab:red", label=f"circulation ({units['vortex_circulation']})")
-        ax.set_xlabel(f"time ({units['time']})")
-        ax.tick_params(labelsize=7)
+        lines = ax.plot(t, circ, "o-", color="#ff5a4a", label=f"circulation ({units['vortex_circulation']})")
+        ax.set_xlabel(f"time ({units['time']})", fontsize=7)
         ax2 = ax.twinx()
-        ax2.plot(t, [p["kinetic_energy"] for p in pairs], "s--", color="tab:blue", label=f"KE ({units['kinetic_energy']})")
-        ax2.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper left")
-        ax2.legend(fontsize=6, loc="upper right")
+        lines += ax2.plot(t, [p["kinetic_energy"] for p in pairs], "s--", color="#4aa8ff",
+                          label=f"KE ({units['kinetic_energy']})")
+        for a in (ax, ax2):
+            a.set_facecolor(bg)
+            a.tick_params(labelsize=7, colors=fg)
+            for spine in a.spines.values():
+                spine.set_color(fg)
+        ax.xaxis.label.set_color(fg)
+        # one legend above the axes: two legends inside overlapped the curves and each other
+        legend = ax.legend(lines, [ln.get_label() for ln in lines], fontsize=6, loc="lower left",
+                           bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, borderaxespad=0.2)
+        for text in legend.get_texts():
+            text.set_color(fg)
         self.canvas.draw_idle()
 
     def export_csv(self, path=None):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.colormaps import ensure_colormap
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
+from napari.utils.colormaps import Colormap, ensure_colormap
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
 
 from napari_nmsr.core.register import ScaleDone
 
@@ -27,17 +27,25 @@ from .state import SESSION_SETTINGS, WorkflowState, sequence_info
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DisplaySection", "COLORMAP", "UNRELIABLE_RGBA", "arrow_colours"]
+__all__ = ["DisplaySection", "COLORMAP", "COLORMAPS", "UNRELIABLE_RGBA", "arrow_colours"]
 
 COLORMAP = "turbo"
+#: Speed colormaps of the arrows. "greens" (dark to light green) stays distinct from the red/blue
+#: vorticity or strain map drawn under the arrows, and from the grey echo.
+COLORMAPS = {
+    "turbo": "turbo",
+    "greens": Colormap(colors=[[0.05, 0.35, 0.1, 1.0], [0.2, 0.75, 0.2, 1.0], [0.85, 1.0, 0.45, 1.0]],
+                       name="nmsr_greens"),
+}
 #: Colour of arrows over the inconsistency threshold: grey, a little transparent, so they recede.
 UNRELIABLE_RGBA = (0.5, 0.5, 0.5, 0.6)
-_DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True}
+_DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True,
+             "colours": "turbo"}
 
 
-def arrow_colours(speed: np.ndarray, reliable: np.ndarray, vmax: float) -> np.ndarray:
+def arrow_colours(speed: np.ndarray, reliable: np.ndarray, vmax: float, colormap=COLORMAP) -> np.ndarray:
     """(N, 4) RGBA: the speed colormap over (0, vmax) as napari draws it, grey where not reliable."""
-    colours = ensure_colormap(COLORMAP).map(np.clip(np.asarray(speed, float) / vmax, 0.0, 1.0)).astype(np.float32)
+    colours = ensure_colormap(colormap).map(np.clip(np.asarray(speed, float) / vmax, 0.0, 1.0)).astype(np.float32)
     colours[~np.asarray(reliable, bool)] = UNRELIABLE_RGBA
     return colours
 
@@ -65,6 +73,12 @@ class DisplaySection(QGroupBox):
         self.width.setRange(0.05, 10.0)
         self.width.setSingleStep(0.1)
         self.width.setValue(float(s["width"]))
+        self.colours = QComboBox()
+        for key in COLORMAPS:
+            self.colours.addItem(key, key)
+        self.colours.setCurrentIndex(max(0, self.colours.findData(s["colours"])))
+        self.colours.setToolTip("Speed colours of the arrows; 'greens' stays distinct from a red/blue map under them "
+                                "(chosen automatically when the Analysis section shows one)")
         self.inside_mask = QCheckBox("Only inside the mask")
         self.inside_mask.setChecked(bool(s["inside_mask"]))
         self.legend = QLabel()
@@ -75,12 +89,14 @@ class DisplaySection(QGroupBox):
         form.addRow("Arrows per frame", self.arrows)
         form.addRow("Length x", self.length)
         form.addRow("Width", self.width)
+        form.addRow("Colours", self.colours)
         form.addRow(self.inside_mask)
         form.addRow(self.legend)
         form.addRow(self.legend_text)
         self.arrows.valueChanged.connect(self.rebuild)
         self.inside_mask.toggled.connect(self.rebuild)
         self.length.valueChanged.connect(self._restyle)
+        self.colours.currentIndexChanged.connect(self._on_colours)
         self.width.valueChanged.connect(self._restyle)
         self._paint_legend()
 
@@ -91,7 +107,22 @@ class DisplaySection(QGroupBox):
             "length": self.length.value(),
             "width": self.width.value(),
             "inside_mask": self.inside_mask.isChecked(),
+            "colours": self.colours.currentData(),
         }
+
+    @property
+    def colormap(self):
+        return COLORMAPS[self.colours.currentData()]
+
+    def _on_colours(self, *_) -> None:
+        self._remember()
+        self._paint_legend()
+        self.refresh()
+
+    def avoid_map_colours(self, *_) -> None:
+        """A red/blue map is now under the arrows: switch turbo (red = fast) to greens."""
+        if self.colours.currentData() == "turbo":
+            self.colours.setCurrentIndex(self.colours.findData("greens"))
 
     def _mask(self) -> np.ndarray | None:
         if not self.inside_mask.isChecked():
@@ -194,16 +225,17 @@ class DisplaySection(QGroupBox):
             }
         layer = put_layer(
             self._viewer, ROLE_VECTORS, "vectors", arrows.data, source=image,
-            name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=COLORMAP,
+            name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=self.colormap,
             edge_contrast_limits=(0.0, vmax), length=self.length.value(), edge_width=self.width.value(),
             vector_style="arrow", opacity=1.0, axis_labels=("scale", "t", "y", "x"),
             metadata={"speed_units": units}, **extra,
         )
         layer.features = arrows.features
+        layer.edge_colormap = self.colormap
         layer.edge_color = "speed"
         layer.edge_contrast_limits = (0.0, vmax)
         if not arrows.reliable.all():
-            layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax)
+            layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax, self.colormap)
         layer.metadata["speed_units"] = units
         layer.metadata["scales"] = tuple(d.scale for d in self._state.done)
         labels = list(self._viewer.dims.axis_labels)
@@ -221,11 +253,12 @@ class DisplaySection(QGroupBox):
             self.legend_text.setText("Running: the first scale's arrows appear when it is done.")
             return
         self.legend_text.setText(
-            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis): {scales}."
+            f"Colour = speed, 0 to {vmax:.3g} {units} ({self.colours.currentData()}).{grey} "
+            f"Scale slider (first axis): {scales}."
         )
 
     def _paint_legend(self) -> None:
-        colours = ensure_colormap(COLORMAP).map(np.linspace(0, 1, 9))
+        colours = ensure_colormap(self.colormap).map(np.linspace(0, 1, 9))
         stops = ", ".join(
             f"stop:{i / 8:.3f} rgb({int(255 * c[0])}, {int(255 * c[1])}, {int(255 * c[2])})" for i, c in enumerate(colours)
         )

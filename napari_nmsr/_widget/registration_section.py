@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
+from napari_nmsr.core.diagnostics import convergence_warnings
 from napari_nmsr.core.device import available_devices, describe_device, pick_device
 from napari_nmsr.core.errors import DeviceMemoryError, NMSRError
 from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, ScaleDone
@@ -116,6 +117,10 @@ class RegistrationSection(QGroupBox):
         self.bar.setValue(0)
         self.status = QLabel(f"Detected device: {detected}")
         self.status.setWordWrap(True)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #f0a030; font-weight: bold;")
+        self.warning.setVisible(False)
 
         weights_row = row(self.weights, self.weights_button)
         buttons = row(self.run_button, self.cancel_button)
@@ -130,6 +135,7 @@ class RegistrationSection(QGroupBox):
         form.addRow(buttons)
         form.addRow(self.bar)
         form.addRow(self.status)
+        form.addRow(self.warning)
 
         self._restore()
         self.variant.currentIndexChanged.connect(self._on_variant)
@@ -237,6 +243,7 @@ class RegistrationSection(QGroupBox):
         self.status.setText("Starting ...")
         self.run_button.setText("Running ...")
         self.cancel_button.setEnabled(True)
+        self.warning.setVisible(False)
         self.run_started.emit(config)
         self.worker = start_registration_worker(
             frames, mask, config,
@@ -349,7 +356,18 @@ class RegistrationSection(QGroupBox):
             self.bar.setValue(1000)
             seconds = float(np.sum(result.seconds)) if result.seconds is not None else 0.0
             self.status.setText(f"Done: {len(done)} scales in {seconds:.0f} s on {result.device}")
+        self.show_convergence(result)
         self.run_finished.emit(result)
+
+    def show_convergence(self, result, notify: bool = True) -> list[str]:
+        """Warn, visibly, when the result looks unconverged (nearly uniform field, mean CC flat across scales)."""
+        texts = convergence_warnings(result.fields, result.metrics["mean_cc"], result.scales, result.masks) \
+            if result is not None and result.n_scales else []
+        self.warning.setText("\n".join(f"Warning: {t}" for t in texts))
+        self.warning.setVisible(bool(texts))
+        for text in texts if notify else ():
+            show_warning(text)
+        return texts
 
     def _close_pbar(self) -> None:
         if self._pbar is not None:

@@ -81,6 +81,7 @@ class WorkflowWidget(QWidget):
         if self.analysis is not None and hasattr(self.analysis, "consistency_changed"):
             self.registration.run_started.connect(self.analysis.on_run_started)
             self.analysis.consistency_changed.connect(self.display.refresh)
+            self.analysis.map_shown.connect(self.display.avoid_map_colours)
         self._on_sequence_changed(self.state.image_layer)
         QApplication.instance().aboutToQuit.connect(self.shutdown)
 
@@ -97,6 +98,8 @@ class WorkflowWidget(QWidget):
         if self.analysis is not None and hasattr(self.analysis, "show_current"):
             self.analysis.show_current()
         self.export.status.setText("")
+        if not self.registration.running:
+            self.registration.show_convergence(self.state.result, notify=False)
 
     def _on_scale_done(self, done) -> None:
         if any(d is done for d in self.state.done):  # the run's sequence is the chosen one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from napari_nmsr._widget.analysis_section import AnalysisSection
 from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY
@@ -48,7 +49,14 @@ def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, t
     assert any(layer.name == "main vortex path" for layer in viewer.layers)
 
     rows = section.table_rows()
-    assert len(rows) == 3 and float(rows[0][1]) == 30.0 and float(rows[2][2]) == 22.0
+    spacing = _result().pixel_spacing_mm[0]  # the centre is shown in mm when the pixel size is known
+    assert len(rows) == 3 and float(rows[0][2]) == pytest.approx(30.0 * spacing, abs=0.06)
+    assert float(rows[2][3]) == pytest.approx(22.0 * spacing, abs=0.06)
+    assert section.table.horizontalHeaderItem(2).text() == "x (mm)"
+    assert [r[0] for r in rows] == ["1", "2", "3"]  # the frame the slider shows (pair t on frame t+1)
+    assert section.table.horizontalHeaderItem(1).text() == "time (s)"
+    main = points.features["main"].to_numpy()
+    assert main.all() and points.symbol[0].value == "star"  # the main vortex is marked
 
     section.map_kind.setCurrentText("circumferential strain")
     assert any(layer.name.startswith("NMSR circumferential strain") for layer in viewer.layers)
