@@ -60,13 +60,13 @@ DIVERGING = Colormap(
 #: when the pixel size is known, else px.
 TABLE_COLUMNS = (
     ("frame", "t", "{:d}", None, "Frame on the time slider (the pair ending there)"),
-    ("time", "time", "{:.3g}", "time", "Time of that frame"),
+    ("t", "time", "{:.3g}", "time", "Time of that frame"),
     ("x", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, column"),
     ("y", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, row"),
-    ("circ.", "vortex_circulation", "{:.3g}", "vortex_circulation", "Circulation of the main vortex"),
+    ("Γ", "vortex_circulation", "{:.4g}", "vortex_circulation", "Circulation of the main vortex"),
     ("depth", "vortex_depth", "{:.2f}", None, "Depth of the main vortex (0 = base, 1 = apex)"),
     ("KE", "kinetic_energy", "{:.3g}", "kinetic_energy", "Kinetic energy in the mask"),
-    ("strain %", "contour_strain", "{:.2f}", None, "Contour (global longitudinal-like) strain"),
+    ("strain", "contour_strain", "{:.1f}", "percent", "Contour strain (%)"),
 )
 MAIN_VORTEX_COLOUR, OTHER_VORTEX_COLOUR = "#ff3cff", "#ffe000"
 
@@ -121,10 +121,10 @@ class AnalysisSection(QGroupBox):
         self.table.setHorizontalHeaderLabels([c[0] for c in TABLE_COLUMNS])
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setMinimumHeight(120)
-        self.table.setStyleSheet("font-size: 11px;")
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)  # fits the dock
+        self.table.horizontalHeader().setMinimumSectionSize(20)
+        self.table.setMinimumHeight(150)
+        self.table.setStyleSheet("font-size: 10px;")
         self.canvas = self._make_canvas()
         self.consistency = ConsistencyControls(viewer, state, self._result, self.scale.currentIndex)
         buttons = row(self.compute_button, self.export_button)
@@ -330,8 +330,8 @@ class AnalysisSection(QGroupBox):
         physical = self.report.get("pixel_spacing_mm") is not None
         headers = []
         for header, key, fmt, unit_key, tip in TABLE_COLUMNS:
-            unit = ("mm" if physical else "px") if unit_key == "centre" else units.get(unit_key, "") if unit_key else ""
-            headers.append(f"{header} ({unit})" if unit else header)
+            unit = {"centre": "mm" if physical else "px", "percent": "%"}.get(unit_key) or units.get(unit_key, "")
+            headers.append(f"{header}\n{unit.replace('^2', '²').replace('^4', '⁴')}" if unit_key else header)
         self.table.setHorizontalHeaderLabels(headers)
         for c, (*_, tip) in enumerate(TABLE_COLUMNS):
             self.table.horizontalHeaderItem(c).setToolTip(tip)
@@ -345,7 +345,8 @@ class AnalysisSection(QGroupBox):
                     v = None if v is None else (v[0] if header == "x" else v[1])
                 else:
                     v = p.get(key)
-                self.table.setItem(r, c, QTableWidgetItem("" if v is None else fmt.format(v)))
+                text = "" if v is None else (f"{v:.0f}" if abs(v) >= 100 and fmt.endswith("g}") else fmt.format(v))
+                self.table.setItem(r, c, QTableWidgetItem(text))
 
     def table_rows(self) -> list[list[str]]:
         return [[self.table.item(r, c).text() for c in range(self.table.columnCount())] for r in range(self.table.rowCount())]

@@ -119,8 +119,8 @@ class MaskSection(QGroupBox):
         self.refine_button.setToolTip("Snap the painted outlines to the border: 100 draggable points per frame")
         self.interpolate_button.setToolTip("Move the points linearly between ED and ES: a mask on every frame")
 
-        self.ed_button.setText("This frame is ED (Shift-E)")
-        self.es_button.setText("This frame is ES (Shift-S)")
+        self.ed_button.setText("Mark ED (Shift-E)")
+        self.es_button.setText("Mark ES (Shift-S)")
         grid = QGridLayout(self)
         grid.addWidget(self.ed_button, 0, 0)
         grid.addWidget(self.es_button, 0, 1)

@@ -64,13 +64,14 @@ class SequenceSection(QGroupBox):
         self.pixel_size.setSuffix(" mm/px")
         self.pixel_size.setSpecialValueText("unknown")
         self.pixel_size.setToolTip("Size of one pixel (square pixels). 0 = unknown: results stay in pixels")
-        self.calibrate_button = QPushButton("Draw line...")
+        self.calibrate_button = QPushButton("Line...")
         self.calibrate_button.setToolTip(
             "Draw a line over a known depth mark (e.g. the 0 to 16 cm scale), type its length, press Apply"
         )
         self.line_cm = QDoubleSpinBox()
         self.line_cm.setRange(0.0, 100.0)
-        self.line_cm.setDecimals(2)
+        self.line_cm.setDecimals(1)
+        self.line_cm.setMinimumWidth(80)
         self.line_cm.setSuffix(" cm")
         self.line_cm.setToolTip("True length of the drawn line")
         self.apply_line_button = QPushButton("Apply")

@@ -68,7 +68,9 @@ class WorkflowWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        self.setMinimumWidth(340)
+        # no horizontal scrolling: the dock is at least as wide as the widest section needs (nothing cut off)
+        needed = body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+        self.setMinimumWidth(max(360, needed))
 
         self.sequence.layer_changed.connect(self._on_sequence_changed)
         self.sequence.units_changed.connect(self.display.refresh)

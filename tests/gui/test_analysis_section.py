@@ -52,9 +52,9 @@ def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, t
     spacing = _result().pixel_spacing_mm[0]  # the centre is shown in mm when the pixel size is known
     assert len(rows) == 3 and float(rows[0][2]) == pytest.approx(30.0 * spacing, abs=0.06)
     assert float(rows[2][3]) == pytest.approx(22.0 * spacing, abs=0.06)
-    assert section.table.horizontalHeaderItem(2).text() == "x (mm)"
+    assert section.table.horizontalHeaderItem(2).text() == "x\nmm"
     assert [r[0] for r in rows] == ["1", "2", "3"]  # the frame the slider shows (pair t on frame t+1)
-    assert section.table.horizontalHeaderItem(1).text() == "time (s)"
+    assert section.table.horizontalHeaderItem(1).text() == "t\ns"
     main = points.features["main"].to_numpy()
     assert main.all() and points.symbol[0].value == "star"  # the main vortex is marked
 
