@@ -34,6 +34,7 @@ from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, Sca
 from napari_nmsr.core.result import RegistrationResult
 
 from .layers import ROLE_MASKS, find_role
+from .config_form import ConfigForm
 from .qt_util import row
 from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info
 from .worker import start_registration_worker, stop_worker
@@ -107,6 +108,11 @@ class RegistrationSection(QGroupBox):
         self.device.addItem(f"auto: {detected}", "auto")
         for dev in available_devices():
             self.device.addItem(dev.upper() if dev != "mps" else "Apple MPS", dev)
+        self.advanced = ConfigForm()
+        self.advanced.native.setVisible(False)
+        self.advanced_toggle = QCheckBox("Advanced settings")
+        self.advanced_toggle.setToolTip("Every other knob of the engine's RegistrationConfig (a magicgui form)")
+        self.advanced_toggle.toggled.connect(self.advanced.native.setVisible)
         self.use_mask = QCheckBox("Only inside the masks (2. Masks)")
         self.use_mask.setToolTip("Restrict the loss and the metrics to the per-frame masks, as in the paper")
         self.run_button = QPushButton("Run")
@@ -132,6 +138,8 @@ class RegistrationSection(QGroupBox):
         form.addRow("Steps per scale", self.steps)
         form.addRow("Device", self.device)
         form.addRow(self.use_mask)
+        form.addRow(self.advanced_toggle)
+        form.addRow(self.advanced.native)
         form.addRow(buttons)
         form.addRow(self.bar)
         form.addRow(self.status)
@@ -156,6 +164,7 @@ class RegistrationSection(QGroupBox):
         self.device.setCurrentIndex(max(0, self.device.findData(s["device"])))
         self.weights.setText(s.get("weights", ""))
         self.use_mask.setChecked(bool(s["use_mask"]))
+        self.advanced.set_values(s.get("advanced", {}))
 
     def _remember(self) -> None:
         SESSION_SETTINGS["registration"] = {
@@ -166,6 +175,7 @@ class RegistrationSection(QGroupBox):
             "device": self.device.currentData(),
             "weights": self.weights.text(),
             "use_mask": self.use_mask.isChecked(),
+            "advanced": self.advanced.values(),
         }
 
     def _on_variant(self, *_):
@@ -177,6 +187,8 @@ class RegistrationSection(QGroupBox):
         key = self.preset.currentData()
         if key in STEP_PRESETS:
             self.steps.setText(", ".join(str(n) for n in STEP_PRESETS[key]))
+            patience = PRESETS.get(key, {}).get("patience", RegistrationConfig.patience)
+            self.advanced.set_values({"patience": patience})  # the paper's schedule runs every step
 
     def _pick_weights(self):
         path, _ = QFileDialog.getOpenFileName(self, "NMSR-V weights", "", "Weights (*.pt *.pth *.npz);;All files (*)")
@@ -195,9 +207,7 @@ class RegistrationSection(QGroupBox):
             raise ValueError(f"Steps must be whole numbers separated by commas (got '{self.steps.text()}')")
         if not steps or min(steps) < 1:
             raise ValueError("Give at least one optimisation step per scale")
-        kwargs = {}
-        if self.preset.currentData() == "paper":
-            kwargs["patience"] = PRESETS["paper"].get("patience", 0)
+        kwargs = self.advanced.values()
         return RegistrationConfig(
             variant=self.variant.currentData(),
             scales=scales,
