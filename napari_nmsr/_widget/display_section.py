@@ -110,6 +110,22 @@ class DisplaySection(QGroupBox):
             "colours": self.colours.currentData(),
         }
 
+    def restore_settings(self) -> None:
+        """Take the controls' values from SESSION_SETTINGS (a session file was opened)."""
+        s = {**_DEFAULTS, **SESSION_SETTINGS.get("display", {})}
+        for box, value in ((self.arrows, int(s["arrows"])), (self.length, float(s["length"])),
+                           (self.width, float(s["width"])), (self.inside_mask, bool(s["inside_mask"])),
+                           (self.colours, max(0, self.colours.findData(s["colours"])))):
+            box.blockSignals(True)
+            if box is self.inside_mask:
+                box.setChecked(value)
+            elif box is self.colours:
+                box.setCurrentIndex(value)
+            else:
+                box.setValue(value)
+            box.blockSignals(False)
+        self._paint_legend()
+
     @property
     def colormap(self):
         return COLORMAPS[self.colours.currentData()]

@@ -170,7 +170,9 @@ class ExportSection(QGroupBox):
             pixel_spacing_mm=info["pixel_spacing_mm"] or result.pixel_spacing_mm,
             masks=result.masks if result.masks is not None else self._state.run_mask,
         )
-        return result.save(path)
+        out = result.save(path)
+        self._state.current.result_path = str(out)
+        return out
 
     def save_masks(self, path: str) -> Path:
         layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)

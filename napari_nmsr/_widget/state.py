@@ -52,6 +52,7 @@ class SequenceState:
     inconsistency: np.ndarray | None = None
     analysis: Any = None  # the Analysis section's last computation (core.analysis) and its report
     report: dict | None = None
+    result_path: str | None = None  # where the result was last saved (Export > Fields, or a session)
     undo: list = field(default_factory=list)  # Masks section: layer snapshots before each Refine / Interpolate
     marks_from_file: bool = False  # the ED/ES marks were taken from the file (done once per sequence)
 

@@ -15,7 +15,9 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QPushButton, QScrollArea, QVBoxLayout, QWidget
+
+from napari_nmsr.core.errors import NMSRError
 
 from .display_section import DisplaySection
 from .export_section import ExportSection
@@ -72,6 +74,14 @@ class WorkflowWidget(QWidget):
         needed = body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
         self.setMinimumWidth(max(360, needed))
 
+        self.session_save_button = QPushButton("Save session...")
+        self.session_open_button = QPushButton("Open session...")
+        self.session_save_button.setToolTip("Marks, masks, points, outlines, units, settings and the result path in one file")
+        grid = self.export.layout()
+        grid.addWidget(self.session_save_button, grid.rowCount(), 0)
+        grid.addWidget(self.session_open_button, grid.rowCount() - 1, 1)
+        self.session_save_button.clicked.connect(lambda: self._session_dialog(save=True))
+        self.session_open_button.clicked.connect(lambda: self._session_dialog(save=False))
         self.sequence.layer_changed.connect(self._on_sequence_changed)
         self.sequence.units_changed.connect(self.display.refresh)
         self.registration.run_started.connect(self._watch_window)
@@ -102,6 +112,33 @@ class WorkflowWidget(QWidget):
         self.export.status.setText("")
         if not self.registration.running:
             self.registration.show_convergence(self.state.result, notify=False)
+
+    def save_session(self, path):
+        """Write the chosen sequence's session (see :mod:`.session`); returns the path."""
+        from .session import save_session
+
+        return save_session(self, path)
+
+    def load_session(self, path):
+        """Restore a session file; returns the sequence's image layer."""
+        from .session import load_session
+
+        return load_session(self, path)
+
+    def _session_dialog(self, save: bool) -> None:
+        from napari.utils.notifications import show_error, show_info
+        from qtpy.QtWidgets import QFileDialog
+
+        ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = ask(self, "NMSR session", "session.npz", "NMSR session (*.npz)")
+        if not path:
+            return
+        try:
+            out = self.save_session(path) if save else self.load_session(path)
+        except (NMSRError, ValueError, OSError) as exc:
+            show_error(str(exc))
+            return
+        show_info(f"Session saved to {out}" if save else f"Session restored for '{out.name}'")
 
     def _on_scale_done(self, done) -> None:
         if any(d is done for d in self.state.done):  # the run's sequence is the chosen one
