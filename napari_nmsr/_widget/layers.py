@@ -27,6 +27,7 @@ __all__ = [
     "ROLE_TRACKED",
     "ROLE_TRACED",
     "ROLE_CALIBRATION",
+    "ROLE_COLOUR",
     "SOURCE_KEY",
     "ANY",
     "find_role",
@@ -49,6 +50,7 @@ ROLE_VECTORS = "vectors"  # the quiver of every finished scale
 ROLE_TRACKED = "tracked"  # contour tracked through the field
 ROLE_TRACED = "traced"  # ED/ES outlines traced as polygons / paths (Shapes)
 ROLE_CALIBRATION = "calibration"  # the line drawn over a known depth mark (Shapes)
+ROLE_COLOUR = "colour"  # the original RGB frames, beside the grayscale
 
 SOURCE_KEY = "nmsr_source"  # metadata: id of the image layer the layer belongs to
 ANY = object()  # find_role(..., source=ANY): whatever sequence
@@ -128,7 +130,10 @@ def rescale_bound_layers(viewer: "napari.Viewer", image: "Layer") -> None:
     for lyr in bound_layers(viewer, image):
         extra = lyr.ndim - 3
         lyr.scale = (*([1.0] * extra), *place["scale"])
-        lyr.translate = (*([0.0] * extra), *place["translate"])
+        translate = list(place["translate"])
+        if lyr.metadata.get(ROLE_KEY) == ROLE_COLOUR:  # stays beside the image, not on it
+            translate[2] += 1.04 * image.data.shape[2] * place["scale"][2]
+        lyr.translate = (*([0.0] * extra), *translate)
         lyr.units = (*(["pixel"] * extra), *place["units"])
 
 

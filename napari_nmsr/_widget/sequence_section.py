@@ -17,7 +17,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton, QSpinBox
 
 from .layers import (
-    ROLE_CALIBRATION, ROLE_KEY, SOURCE_KEY, adopt_unbound, find_role, kind, placed_like, rescale_bound_layers,
+    ROLE_CALIBRATION, ROLE_COLOUR, ROLE_KEY, SOURCE_KEY, adopt_unbound, find_role, kind, placed_like, rescale_bound_layers,
 )
 from .qt_util import row
 from .state import MODES, SESSION_SETTINGS, WorkflowState, sequence_info, set_user_info, source_id
@@ -94,7 +94,12 @@ class SequenceSection(QGroupBox):
         form.addRow("Calibrate", row(self.calibrate_button, self.line_cm, self.apply_line_button))
         form.addRow("Frame rate", self.frame_rate)
         form.addRow("Cycle length", self.cycle)
+        self.colour_button = QPushButton("Show the original colours beside it")
+        self.colour_button.setToolTip("Colour Doppler / colour cines: the RGB frames as acquired, to the right of the "
+                                      "grayscale (channel 0) that is registered; the time slider moves both")
+        form.addRow(self.colour_button)
         form.addRow(self.info)
+        self.colour_button.clicked.connect(lambda: self.show_colours())
         self.pixel_size.editingFinished.connect(self._on_pixel_size)
         self.frame_rate.editingFinished.connect(self._on_frame_rate)
         self.cycle.editingFinished.connect(self._on_cycle)
@@ -264,6 +269,36 @@ class SequenceSection(QGroupBox):
         self.set_pixel_size(mm_per_px)
         show_info(f"Pixel size {mm_per_px:.4g} mm/px ({pixels:.1f} px = {length_cm:g} cm)")
         return mm_per_px
+
+    def show_colours(self):
+        """Add the chosen sequence's RGB frames as an image layer beside it; None (with a message) when grey."""
+        from napari_nmsr.core.colour import load_colour_frames
+        from napari_nmsr.core.errors import NMSRError
+
+        layer = self._state.image_layer
+        if layer is None:
+            return None
+        existing = find_role(self._viewer, ROLE_COLOUR, layer)
+        if existing is not None:
+            existing.visible = True
+            return existing
+        source = (layer.metadata.get("nmsr") or {}).get("source")
+        try:
+            rgb = load_colour_frames(source) if source else None
+        except NMSRError as exc:
+            show_error(str(exc))
+            return None
+        if rgb is None or rgb.shape[:3] != tuple(layer.data.shape[:3]):
+            show_info(f"'{layer.name}' has no colours to show (a grey cine, or not read from a DICOM or video file).")
+            return None
+        place = placed_like(layer)
+        gap = 0.04 * layer.data.shape[2]
+        translate = list(place["translate"])
+        translate[2] += (layer.data.shape[2] + gap) * place["scale"][2]
+        return self._viewer.add_image(
+            rgb, rgb=True, name=f"{layer.name} (colour)", scale=place["scale"], translate=translate,
+            units=place["units"], metadata={ROLE_KEY: ROLE_COLOUR, SOURCE_KEY: source_id(layer)},
+        )
 
     def _describe(self, layer: "Image | None") -> None:
         self._show_units(layer)

@@ -78,3 +78,25 @@ def test_panel_screenshots(make_napari_viewer, qtbot, tmp_path):
 
     png = widget.export.save_png(str(tmp_path / "quiver.png"))
     save_screenshot(iio.imread(png), DOCS / "export_quiver.png")
+
+
+def test_colour_dicom_screenshot(make_napari_viewer, qtbot):
+    from pathlib import Path
+
+    dicom = ROOT.parent / "shared" / "data" / "echo-dicom-gdcm" / "US-PAL-8-10x-echo.dcm"
+    if not dicom.is_file():
+        dicom = Path("/work/shared/data/echo-dicom-gdcm/US-PAL-8-10x-echo.dcm")
+    if not dicom.is_file():
+        pytest.skip("shared real data not available")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1500, 940)
+    widget = open_panel(viewer)
+    (image,) = viewer.open(str(dicom), plugin="napari-nmsr")
+    colour = widget.sequence.show_colours()
+    assert colour is not None and colour.rgb
+    viewer.reset_view()
+    _scroll_to(widget, widget.sequence)
+    _close_toasts()
+    qtbot.wait(300)
+    save_screenshot(viewer.screenshot(canvas_only=False, flash=False), DOCS / "panel_colour_dicom.png")
