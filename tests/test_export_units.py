@@ -47,3 +47,17 @@ def test_result_npz_keeps_masks_and_spacing(tmp_path):
     assert np.array_equal(back.masks, masks) and back.pixel_spacing_mm == (0.4, 0.4)
     with np.load(tmp_path / "r.npz") as z:
         assert z["masks"].dtype == bool and not np.isnan(z["pixel_spacing_mm"]).any()
+
+
+def test_napari_writer_of_a_tracked_layer_writes_time_and_units(tmp_path):
+    from napari_nmsr._writer import write_contours_csv, write_contours_json
+
+    data = np.array([[t, 10.0 + t, 20.0 + k] for t in range(3) for k in range(4)])
+    attributes = {"features": {"point": np.tile(np.arange(4), 3)},
+                  "metadata": {"pixel_spacing_mm": (0.5, 0.5), "frame_interval_s": 0.1}}
+    (out,) = write_contours_csv(str(tmp_path / "t.csv"), data, attributes)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[-1]["time_s"]) == pytest.approx(0.2) and "time_s: s" in rows[-1]["units"]
+    (out,) = write_contours_json(str(tmp_path / "t.json"), data, attributes)
+    assert json.loads(open(out).read())["frame_interval_s"] == 0.1

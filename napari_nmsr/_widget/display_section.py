@@ -228,6 +228,13 @@ class DisplaySection(QGroupBox):
     def _update_layer(self) -> None:
         arrows = display.concat_arrows(self._arrows)
         image = self._state.image_layer
+        if not len(arrows) and image is not None:
+            # one zero-length arrow on scale 0, frame 0: an EMPTY layer has napari's default extent (0..512 on
+            # every axis), which made the scale slider run to 512 during the first scale
+            h, w = image.data.shape[1:3]
+            placeholder = np.zeros((1, 2, 4), np.float32)
+            placeholder[0, 0, 2:] = (h // 2, w // 2)
+            arrows = display.ArrowSet(placeholder, np.zeros(1, np.float32), np.zeros(1, int), np.zeros(1, int))
         info = sequence_info(image) if image is not None else {}
         units = display.speed_units(info.get("frame_interval_s"), info.get("pixel_spacing_mm"))
         vmax = float(np.percentile(arrows.speed, 99)) if len(arrows) else 1.0

@@ -124,7 +124,8 @@ class ExportSection(QGroupBox):
             size=max(1.5, image.data.shape[-1] / 90), face_color="cyan", border_width=0,
         )
         layer.features = {"point": np.tile(np.arange(n), n_frames), "outside": tracked.outside.ravel()}
-        layer.metadata.update({"pixel_spacing_mm": info["pixel_spacing_mm"], "scale": self._state.done[k].scale})
+        layer.metadata.update({"pixel_spacing_mm": info["pixel_spacing_mm"], "frame_interval_s": info["frame_interval_s"],
+                               "scale": self._state.done[k].scale})
         self._report(tracked)
         return layer
 

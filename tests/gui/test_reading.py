@@ -38,3 +38,19 @@ def test_uniform_field_warns_and_a_map_turns_the_arrows_green(make_napari_viewer
     # the plot follows the (dark) theme
     bg = widget.analysis._figure.get_facecolor()
     assert sum(bg[:3]) < 1.5
+
+
+def test_scale_slider_has_one_step_while_the_first_scale_runs(make_napari_viewer, qtbot):
+    from gui_helpers import set_run, wait_for_run
+
+    viewer = make_napari_viewer()
+    widget = open_panel(viewer)
+    add_small_sequence(viewer)
+    set_run(widget, "0.5, 1", "500")
+    widget.registration.run()
+    try:
+        assert viewer.dims.ndim == 4 and viewer.dims.nsteps[0] == 1  # not 0..512 (an empty layer's extent)
+        assert widget.display.legend_text.text().startswith("Running")
+    finally:
+        widget.registration.cancel()
+        wait_for_run(qtbot, widget)
