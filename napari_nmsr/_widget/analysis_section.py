@@ -60,7 +60,7 @@ DIVERGING = Colormap(
 #: when the pixel size is known, else px.
 TABLE_COLUMNS = (
     ("frame", "t", "{:d}", None, "Frame on the time slider (the pair ending there)"),
-    ("t", "time", "{:.3g}", "time", "Time of that frame"),
+    ("t", "time", "{:.4g}", "time", "Time of that frame"),
     ("x", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, column"),
     ("y", "vortex_centre", "{:.1f}", "centre", "Main vortex centre, row"),
     ("Γ", "vortex_circulation", "{:.4g}", "vortex_circulation", "Circulation of the main vortex"),
@@ -331,6 +331,8 @@ class AnalysisSection(QGroupBox):
         headers = []
         for header, key, fmt, unit_key, tip in TABLE_COLUMNS:
             unit = {"centre": "mm" if physical else "px", "percent": "%"}.get(unit_key) or units.get(unit_key, "")
+            if key == "time" and unit == "s":
+                unit = "ms"  # 33 rather than 0.0333: the column stays narrow
             headers.append(f"{header}\n{unit.replace('^2', '²').replace('^4', '⁴')}" if unit_key else header)
         self.table.setHorizontalHeaderLabels(headers)
         for c, (*_, tip) in enumerate(TABLE_COLUMNS):
@@ -343,6 +345,8 @@ class AnalysisSection(QGroupBox):
                 elif key == "vortex_centre":
                     v = p.get("vortex_centre_mm" if physical else "vortex_centre_xy")
                     v = None if v is None else (v[0] if header == "x" else v[1])
+                elif key == "time" and units.get("time") == "s":
+                    v = 1000.0 * p["time"]
                 else:
                     v = p.get(key)
                 text = "" if v is None else (f"{v:.0f}" if abs(v) >= 100 and fmt.endswith("g}") else fmt.format(v))

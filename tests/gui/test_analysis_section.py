@@ -54,7 +54,8 @@ def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, t
     assert float(rows[2][3]) == pytest.approx(22.0 * spacing, abs=0.06)
     assert section.table.horizontalHeaderItem(2).text() == "x\nmm"
     assert [r[0] for r in rows] == ["1", "2", "3"]  # the frame the slider shows (pair t on frame t+1)
-    assert section.table.horizontalHeaderItem(1).text() == "t\ns"
+    assert section.table.horizontalHeaderItem(1).text() == "t\nms"
+    assert float(rows[0][1]) == pytest.approx(1000 * section.report["pairs"][0]["time"], abs=0.5)
     main = points.features["main"].to_numpy()
     assert main.all() and points.symbol[0].value == "star"  # the main vortex is marked
 
