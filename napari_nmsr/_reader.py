@@ -83,8 +83,11 @@ def read_result(path: str | list[str]) -> list[LayerData]:
         path = path[0]
     result = RegistrationResult.load(path)
     dt, spacing = result.frame_interval_s, result.pixel_spacing_mm
+    masks = result.masks if result.masks is not None and result.n_scales \
+        and result.masks.shape == (result.fields.shape[1] + 1, *result.fields.shape[-2:]) else None
     arrows = concat_arrows(
-        arrows_for_scale(result.fields[k], k, frame_interval_s=dt, pixel_spacing_mm=spacing)
+        arrows_for_scale(result.fields[k], k, frame_interval_s=dt, pixel_spacing_mm=spacing,
+                         mask=masks)  # arrows only inside the run's masks, as the panel showed them
         for k in range(result.n_scales)
     )
     units = speed_units(dt, spacing)

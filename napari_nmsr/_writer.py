@@ -64,9 +64,16 @@ def _spacing(attributes: dict):
     return None if spacing is None else (float(spacing[0]), float(spacing[1]))
 
 
+def _interval(attributes: dict):
+    meta = attributes.get("metadata") or {}
+    dt = meta.get("frame_interval_s") or (meta.get("nmsr") or {}).get("frame_interval_s")
+    return None if dt is None else float(dt)
+
+
 def write_contours_csv(path: str, data: Any, attributes: dict) -> list[str]:
     contours, outside, first = contours_from_points(data, attributes)
-    out = save_contours_csv(path, contours, outside=outside, pixel_spacing_mm=_spacing(attributes), first_frame=first)
+    out = save_contours_csv(path, contours, outside=outside, pixel_spacing_mm=_spacing(attributes), first_frame=first,
+                            frame_interval_s=_interval(attributes), with_units=True)
     return [str(out)]
 
 
@@ -74,7 +81,8 @@ def write_contours_json(path: str, data: Any, attributes: dict) -> list[str]:
     contours, outside, first = contours_from_points(data, attributes)
     meta = {"layer": attributes.get("name", ""), "software": "napari-nmsr"}
     out = save_contours_json(
-        path, contours, outside=outside, pixel_spacing_mm=_spacing(attributes), first_frame=first, metadata=meta
+        path, contours, outside=outside, pixel_spacing_mm=_spacing(attributes), first_frame=first, metadata=meta,
+        frame_interval_s=_interval(attributes),
     )
     return [str(out)]
 

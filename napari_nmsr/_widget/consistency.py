@@ -168,6 +168,7 @@ class ConsistencyControls(QWidget):
             return None
         mask = self._state.run_mask if result is self._state.result else None
         self._forward_result = result
+        self._seq, self._image = self._state.current, image
         self.check_button.setText("Checking ...")
         self.cancel_button.setEnabled(True)
         self.status.setText("Backward run: starting ...")
@@ -196,8 +197,14 @@ class ConsistencyControls(QWidget):
         """A new registration starts: stop a check of the old run and drop its (now stale) layer."""
         self._stop()
         self._reset_buttons()
-        remove_role(self._viewer, ROLE_INCONSISTENCY)
+        remove_role(self._viewer, ROLE_INCONSISTENCY, self._state.image_layer)
         self.status.setText("")
+
+    def show_current(self) -> None:
+        """Another sequence was chosen: describe its own check, if it has one."""
+        self.status.setText("")
+        if self._state.inconsistency is not None:
+            self._describe()
 
     def _stop(self) -> None:
         worker, self._worker = self._worker, None
@@ -220,10 +227,12 @@ class ConsistencyControls(QWidget):
     def _on_returned(self, inconsistency) -> None:
         if self._closed or inconsistency is None:  # None: quit() before the end
             return
-        if self._forward_result is not self._result():
+        if self._forward_result is not self._seq.result and self._forward_result is not self._result():
             self.status.setText("The result changed during the check: run it again")
             return
-        self._state.inconsistency = inconsistency
+        self._seq.inconsistency = inconsistency
+        if self._seq is not self._state.current:
+            return  # shown when its sequence is chosen again
         self.show_scale()
         self.changed.emit()
         self._describe()
@@ -276,11 +285,12 @@ class ConsistencyControls(QWidget):
         hi = max(float(np.nanpercentile(pairs, 99)), 2.0 * self._state.consistency_threshold)
         image = self._state.image_layer
         placement = placed_like(image) if image is not None else {}
-        layer = put_layer(self._viewer, ROLE_INCONSISTENCY, "image", data, name=LAYER_NAME, colormap="magma",
+        layer = put_layer(self._viewer, ROLE_INCONSISTENCY, "image", data, source=image, name=LAYER_NAME,
+                          colormap="magma",
                           contrast_limits=(0.0, hi), blending="additive", opacity=0.8, **placement)
         layer.contrast_limits = (0.0, hi)
         layer.metadata["nmsr_scale_index"] = k
-        vec = find_role(self._viewer, ROLE_VECTORS)
+        vec = find_role(self._viewer, ROLE_VECTORS, self._state.image_layer)
         if vec is not None:
             i, j = self._viewer.layers.index(layer), self._viewer.layers.index(vec)
             if i > j:
@@ -301,7 +311,7 @@ class ConsistencyControls(QWidget):
         threshold = self._state.consistency_threshold
         mean, above = summarise(pairs, self._state.run_mask, threshold)
         what = "of the mask" if self._state.run_mask is not None else "of the frame"
-        vec = find_role(self._viewer, ROLE_VECTORS)
+        vec = find_role(self._viewer, ROLE_VECTORS, self._state.image_layer)
         if vec is not None and "reliable" in vec.features and len(vec.features):
             on_scale = vec.features["scale_index"].to_numpy() == k
             if on_scale.any():

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from napari.utils.colormaps import ensure_colormap
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
+from napari.utils.colormaps import Colormap, ensure_colormap
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox
 
 from napari_nmsr.core.register import ScaleDone
 
@@ -27,17 +27,25 @@ from .state import SESSION_SETTINGS, WorkflowState, sequence_info
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DisplaySection", "COLORMAP", "UNRELIABLE_RGBA", "arrow_colours"]
+__all__ = ["DisplaySection", "COLORMAP", "COLORMAPS", "UNRELIABLE_RGBA", "arrow_colours"]
 
 COLORMAP = "turbo"
+#: Speed colormaps of the arrows. "greens" (dark to light green) stays distinct from the red/blue
+#: vorticity or strain map drawn under the arrows, and from the grey echo.
+COLORMAPS = {
+    "turbo": "turbo",
+    "greens": Colormap(colors=[[0.05, 0.35, 0.1, 1.0], [0.2, 0.75, 0.2, 1.0], [0.85, 1.0, 0.45, 1.0]],
+                       name="nmsr_greens"),
+}
 #: Colour of arrows over the inconsistency threshold: grey, a little transparent, so they recede.
 UNRELIABLE_RGBA = (0.5, 0.5, 0.5, 0.6)
-_DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True}
+_DEFAULTS = {"arrows": display.DEFAULT_ARROWS_PER_FRAME, "length": 3.0, "width": 0.6, "inside_mask": True,
+             "colours": "turbo"}
 
 
-def arrow_colours(speed: np.ndarray, reliable: np.ndarray, vmax: float) -> np.ndarray:
+def arrow_colours(speed: np.ndarray, reliable: np.ndarray, vmax: float, colormap=COLORMAP) -> np.ndarray:
     """(N, 4) RGBA: the speed colormap over (0, vmax) as napari draws it, grey where not reliable."""
-    colours = ensure_colormap(COLORMAP).map(np.clip(np.asarray(speed, float) / vmax, 0.0, 1.0)).astype(np.float32)
+    colours = ensure_colormap(colormap).map(np.clip(np.asarray(speed, float) / vmax, 0.0, 1.0)).astype(np.float32)
     colours[~np.asarray(reliable, bool)] = UNRELIABLE_RGBA
     return colours
 
@@ -65,6 +73,12 @@ class DisplaySection(QGroupBox):
         self.width.setRange(0.05, 10.0)
         self.width.setSingleStep(0.1)
         self.width.setValue(float(s["width"]))
+        self.colours = QComboBox()
+        for key in COLORMAPS:
+            self.colours.addItem(key, key)
+        self.colours.setCurrentIndex(max(0, self.colours.findData(s["colours"])))
+        self.colours.setToolTip("Speed colours of the arrows; 'greens' stays distinct from a red/blue map under them "
+                                "(chosen automatically when the Analysis section shows one)")
         self.inside_mask = QCheckBox("Only inside the mask")
         self.inside_mask.setChecked(bool(s["inside_mask"]))
         self.legend = QLabel()
@@ -75,12 +89,14 @@ class DisplaySection(QGroupBox):
         form.addRow("Arrows per frame", self.arrows)
         form.addRow("Length x", self.length)
         form.addRow("Width", self.width)
+        form.addRow("Colours", self.colours)
         form.addRow(self.inside_mask)
         form.addRow(self.legend)
         form.addRow(self.legend_text)
         self.arrows.valueChanged.connect(self.rebuild)
         self.inside_mask.toggled.connect(self.rebuild)
         self.length.valueChanged.connect(self._restyle)
+        self.colours.currentIndexChanged.connect(self._on_colours)
         self.width.valueChanged.connect(self._restyle)
         self._paint_legend()
 
@@ -91,14 +107,45 @@ class DisplaySection(QGroupBox):
             "length": self.length.value(),
             "width": self.width.value(),
             "inside_mask": self.inside_mask.isChecked(),
+            "colours": self.colours.currentData(),
         }
+
+    def restore_settings(self) -> None:
+        """Take the controls' values from SESSION_SETTINGS (a session file was opened)."""
+        s = {**_DEFAULTS, **SESSION_SETTINGS.get("display", {})}
+        for box, value in ((self.arrows, int(s["arrows"])), (self.length, float(s["length"])),
+                           (self.width, float(s["width"])), (self.inside_mask, bool(s["inside_mask"])),
+                           (self.colours, max(0, self.colours.findData(s["colours"])))):
+            box.blockSignals(True)
+            if box is self.inside_mask:
+                box.setChecked(value)
+            elif box is self.colours:
+                box.setCurrentIndex(value)
+            else:
+                box.setValue(value)
+            box.blockSignals(False)
+        self._paint_legend()
+
+    @property
+    def colormap(self):
+        return COLORMAPS[self.colours.currentData()]
+
+    def _on_colours(self, *_) -> None:
+        self._remember()
+        self._paint_legend()
+        self.refresh()
+
+    def avoid_map_colours(self, *_) -> None:
+        """A red/blue map is now under the arrows: switch turbo (red = fast) to greens."""
+        if self.colours.currentData() == "turbo":
+            self.colours.setCurrentIndex(self.colours.findData("greens"))
 
     def _mask(self) -> np.ndarray | None:
         if not self.inside_mask.isChecked():
             return None
         if self._state.run_mask is not None:
             return self._state.run_mask
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None or not self._state.done:
             return None
         mask = np.asarray(layer.data) > 0
@@ -131,15 +178,26 @@ class DisplaySection(QGroupBox):
         self._arrows = []
         self._update_layer()
 
-    def finish(self, result) -> None:
-        """A run ended: drop the layer made at Run when no scale finished (error, early cancel)."""
-        if not self._arrows:
-            layer = find_role(self._viewer, ROLE_VECTORS)
+    def finish(self, result, image=None) -> None:
+        """A run on ``image`` ended: drop the layer made at Run when no scale finished (error, early cancel)."""
+        image = self._state.image_layer if image is None else image
+        if result is None or not result.n_scales:
+            layer = find_role(self._viewer, ROLE_VECTORS, image)
             if layer is not None:
                 self._viewer.layers.remove(layer)
 
+    def show_current(self, *_) -> None:
+        """Another sequence was chosen: its own arrows (rebuilt from its scales), or none."""
+        self._arrows = []
+        if self._state.done:
+            self.refresh()
+        else:
+            self.legend_text.setText("Run a registration to see the motion field")
+
     def add_scale(self, done: ScaleDone) -> None:
-        """Show a finished scale at once and move the scale slider to it."""
+        """Show a finished scale at once and move the scale slider to it (when its sequence is shown)."""
+        if not any(d is done for d in self._state.done):
+            return  # the run's sequence is not the chosen one: it is shown when chosen again
         self._arrows.append(self._arrows_for(done))
         self._update_layer()
         self._viewer.dims.set_current_step(0, done.scale_index)
@@ -157,18 +215,26 @@ class DisplaySection(QGroupBox):
 
     def _restyle(self, *_) -> None:
         self._remember()
-        layer = find_role(self._viewer, ROLE_VECTORS)
+        layer = self.vectors_layer()
         if layer is not None:
             layer.length = self.length.value()
             layer.edge_width = self.width.value()
 
     # ------------------------------------------------------------------ layer
     def vectors_layer(self):
-        return find_role(self._viewer, ROLE_VECTORS)
+        """The chosen sequence's quiver layer, or None."""
+        return find_role(self._viewer, ROLE_VECTORS, self._state.image_layer)
 
     def _update_layer(self) -> None:
         arrows = display.concat_arrows(self._arrows)
         image = self._state.image_layer
+        if not len(arrows) and image is not None:
+            # one zero-length arrow on scale 0, frame 0: an EMPTY layer has napari's default extent (0..512 on
+            # every axis), which made the scale slider run to 512 during the first scale
+            h, w = image.data.shape[1:3]
+            placeholder = np.zeros((1, 2, 4), np.float32)
+            placeholder[0, 0, 2:] = (h // 2, w // 2)
+            arrows = display.ArrowSet(placeholder, np.zeros(1, np.float32), np.zeros(1, int), np.zeros(1, int))
         info = sequence_info(image) if image is not None else {}
         units = display.speed_units(info.get("frame_interval_s"), info.get("pixel_spacing_mm"))
         vmax = float(np.percentile(arrows.speed, 99)) if len(arrows) else 1.0
@@ -181,17 +247,18 @@ class DisplaySection(QGroupBox):
                 "units": ("pixel", *[str(u) for u in image.units[-3:]]),
             }
         layer = put_layer(
-            self._viewer, ROLE_VECTORS, "vectors", arrows.data,
-            name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=COLORMAP,
+            self._viewer, ROLE_VECTORS, "vectors", arrows.data, source=image,
+            name="NMSR motion", features=arrows.features, edge_color="speed", edge_colormap=self.colormap,
             edge_contrast_limits=(0.0, vmax), length=self.length.value(), edge_width=self.width.value(),
             vector_style="arrow", opacity=1.0, axis_labels=("scale", "t", "y", "x"),
             metadata={"speed_units": units}, **extra,
         )
         layer.features = arrows.features
+        layer.edge_colormap = self.colormap
         layer.edge_color = "speed"
         layer.edge_contrast_limits = (0.0, vmax)
         if not arrows.reliable.all():
-            layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax)
+            layer.edge_color = arrow_colours(arrows.speed, arrows.reliable, vmax, self.colormap)
         layer.metadata["speed_units"] = units
         layer.metadata["scales"] = tuple(d.scale for d in self._state.done)
         labels = list(self._viewer.dims.axis_labels)
@@ -205,12 +272,16 @@ class DisplaySection(QGroupBox):
         grey = ""
         if self._state.inconsistency is not None:
             grey = f" Grey = the forward and backward runs disagree by more than {self._state.consistency_threshold:g} px."
+        if not self._state.done:
+            self.legend_text.setText("Running: the first scale's arrows appear when it is done.")
+            return
         self.legend_text.setText(
-            f"Colour = speed, 0 to {vmax:.3g} {units} ({COLORMAP}).{grey} Scale slider (first axis) {scales}."
+            f"Colour = speed, 0 to {vmax:.3g} {units} ({self.colours.currentData()}).{grey} "
+            f"Scale slider (first axis): {scales}."
         )
 
     def _paint_legend(self) -> None:
-        colours = ensure_colormap(COLORMAP).map(np.linspace(0, 1, 9))
+        colours = ensure_colormap(self.colormap).map(np.linspace(0, 1, 9))
         stops = ", ".join(
             f"stop:{i / 8:.3f} rgb({int(255 * c[0])}, {int(255 * c[1])}, {int(255 * c[2])})" for i, c in enumerate(colours)
         )

@@ -9,7 +9,7 @@ from napari_nmsr.core.register import ScaleDone
 
 __all__ = ["MetricsTable", "COLUMNS"]
 
-COLUMNS = ("scale", "MSE", "mean CC", "steps", "time (s)")
+COLUMNS = ("scale", "MSE", "mean CC", "steps", "s")
 
 
 class MetricsTable(QTableWidget):
@@ -20,10 +20,11 @@ class MetricsTable(QTableWidget):
         self.setHorizontalHeaderLabels(COLUMNS)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.verticalHeader().setVisible(False)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.horizontalHeader().setStretchLastSection(True)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)  # fits the dock: no side scrolling
+        self.setStyleSheet("font-size: 11px;")
         self.setMinimumHeight(90)
-        self.setToolTip("MSE and mean local correlation between each warped frame and the next (higher CC is better)")
+        self.setToolTip("MSE and mean local correlation between each warped frame and the next (higher CC is better), "
+                        "mean over the frame pairs (hover a cell for ± sd); s = seconds for the scale")
 
     def clear_rows(self, *_) -> None:
         self.setRowCount(0)
@@ -31,16 +32,19 @@ class MetricsTable(QTableWidget):
     def add_scale(self, done: ScaleDone) -> None:
         mse, cc = np.asarray(done.mse, float), np.asarray(done.mean_cc, float)
         cells = (
-            f"{done.scale:g}",
-            f"{mse.mean():.2e} ± {mse.std():.1e}",
-            f"{cc.mean():.3f} ± {cc.std():.3f}",
-            str(done.steps_run),
-            f"{done.seconds:.1f}",
+            (f"{done.scale:g}", ""),
+            (f"{mse.mean():.2e}", f"MSE {mse.mean():.3e} ± {mse.std():.1e} over {mse.size} pairs"),
+            (f"{cc.mean():.3f}", f"mean CC {cc.mean():.4f} ± {cc.std():.4f} over {cc.size} pairs"),
+            (str(done.steps_run), ""),
+            (f"{done.seconds:.1f}", "seconds"),
         )
         row = self.rowCount()
         self.insertRow(row)
-        for col, text in enumerate(cells):
-            self.setItem(row, col, QTableWidgetItem(text))
+        for col, (text, tip) in enumerate(cells):
+            item = QTableWidgetItem(text)
+            if tip:
+                item.setToolTip(tip)
+            self.setItem(row, col, item)
 
     def rows(self) -> list[list[str]]:
         """The table as text (for tests and copying)."""

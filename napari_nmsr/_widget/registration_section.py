@@ -27,12 +27,14 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
+from napari_nmsr.core.diagnostics import convergence_warnings
 from napari_nmsr.core.device import available_devices, describe_device, pick_device
 from napari_nmsr.core.errors import DeviceMemoryError, NMSRError
 from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, ScaleDone
 from napari_nmsr.core.result import RegistrationResult
 
 from .layers import ROLE_MASKS, find_role
+from .config_form import ConfigForm
 from .qt_util import row
 from .state import SESSION_SETTINGS, WorkflowState, frames_from_layer, sequence_info
 from .worker import start_registration_worker, stop_worker
@@ -85,6 +87,8 @@ class RegistrationSection(QGroupBox):
         self._cancel_requested_at: float | None = None
         self._closed = False  # the panel is going away: ignore late worker events
         self.last_stop_seconds: float | None = None  # Cancel -> thread returned
+        self.run_image = None  # the image layer of the current / last run
+        self._run_seq = state.current
 
         self.variant = QComboBox()
         for key, label in VARIANT_LABELS.items():
@@ -104,6 +108,11 @@ class RegistrationSection(QGroupBox):
         self.device.addItem(f"auto: {detected}", "auto")
         for dev in available_devices():
             self.device.addItem(dev.upper() if dev != "mps" else "Apple MPS", dev)
+        self.advanced = ConfigForm()
+        self.advanced.native.setVisible(False)
+        self.advanced_toggle = QCheckBox("Advanced settings")
+        self.advanced_toggle.setToolTip("Every other knob of the engine's RegistrationConfig (a magicgui form)")
+        self.advanced_toggle.toggled.connect(self.advanced.native.setVisible)
         self.use_mask = QCheckBox("Only inside the masks (2. Masks)")
         self.use_mask.setToolTip("Restrict the loss and the metrics to the per-frame masks, as in the paper")
         self.run_button = QPushButton("Run")
@@ -114,6 +123,10 @@ class RegistrationSection(QGroupBox):
         self.bar.setValue(0)
         self.status = QLabel(f"Detected device: {detected}")
         self.status.setWordWrap(True)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #f0a030; font-weight: bold;")
+        self.warning.setVisible(False)
 
         weights_row = row(self.weights, self.weights_button)
         buttons = row(self.run_button, self.cancel_button)
@@ -125,9 +138,12 @@ class RegistrationSection(QGroupBox):
         form.addRow("Steps per scale", self.steps)
         form.addRow("Device", self.device)
         form.addRow(self.use_mask)
+        form.addRow(self.advanced_toggle)
+        form.addRow(self.advanced.native)
         form.addRow(buttons)
         form.addRow(self.bar)
         form.addRow(self.status)
+        form.addRow(self.warning)
 
         self._restore()
         self.variant.currentIndexChanged.connect(self._on_variant)
@@ -148,6 +164,7 @@ class RegistrationSection(QGroupBox):
         self.device.setCurrentIndex(max(0, self.device.findData(s["device"])))
         self.weights.setText(s.get("weights", ""))
         self.use_mask.setChecked(bool(s["use_mask"]))
+        self.advanced.set_values(s.get("advanced", {}))
 
     def _remember(self) -> None:
         SESSION_SETTINGS["registration"] = {
@@ -158,6 +175,7 @@ class RegistrationSection(QGroupBox):
             "device": self.device.currentData(),
             "weights": self.weights.text(),
             "use_mask": self.use_mask.isChecked(),
+            "advanced": self.advanced.values(),
         }
 
     def _on_variant(self, *_):
@@ -169,6 +187,8 @@ class RegistrationSection(QGroupBox):
         key = self.preset.currentData()
         if key in STEP_PRESETS:
             self.steps.setText(", ".join(str(n) for n in STEP_PRESETS[key]))
+            patience = PRESETS.get(key, {}).get("patience", RegistrationConfig.patience)
+            self.advanced.set_values({"patience": patience})  # the paper's schedule runs every step
 
     def _pick_weights(self):
         path, _ = QFileDialog.getOpenFileName(self, "NMSR-V weights", "", "Weights (*.pt *.pth *.npz);;All files (*)")
@@ -187,9 +207,7 @@ class RegistrationSection(QGroupBox):
             raise ValueError(f"Steps must be whole numbers separated by commas (got '{self.steps.text()}')")
         if not steps or min(steps) < 1:
             raise ValueError("Give at least one optimisation step per scale")
-        kwargs = {}
-        if self.preset.currentData() == "paper":
-            kwargs["patience"] = PRESETS["paper"].get("patience", 0)
+        kwargs = self.advanced.values()
         return RegistrationConfig(
             variant=self.variant.currentData(),
             scales=scales,
@@ -230,6 +248,8 @@ class RegistrationSection(QGroupBox):
         self._cancel_requested_at = None
         self._state.clear_run()
         self._state.run_mask = mask
+        self.run_image = image  # the run belongs to this sequence, whatever is chosen later
+        self._run_seq = self._state.current
         self._info = sequence_info(image)
         self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales))))
         self._pbar = progress(total=self._total_steps, desc="NMSR registration")
@@ -237,6 +257,7 @@ class RegistrationSection(QGroupBox):
         self.status.setText("Starting ...")
         self.run_button.setText("Running ...")
         self.cancel_button.setEnabled(True)
+        self.warning.setVisible(False)
         self.run_started.emit(config)
         self.worker = start_registration_worker(
             frames, mask, config,
@@ -248,7 +269,7 @@ class RegistrationSection(QGroupBox):
     def _mask(self, shape) -> np.ndarray | None:
         if not self.use_mask.isChecked():
             return None
-        layer = find_role(self._viewer, ROLE_MASKS)
+        layer = find_role(self._viewer, ROLE_MASKS, self._state.image_layer)
         if layer is None:
             return None
         mask = np.asarray(layer.data) > 0
@@ -303,7 +324,7 @@ class RegistrationSection(QGroupBox):
     def _on_scale(self, done: ScaleDone) -> None:
         if self._closed:
             return
-        self._state.done.append(done)
+        self._run_seq.done.append(done)
         self.scale_done.emit(done)
 
     def _on_error(self, exc: BaseException) -> None:
@@ -326,7 +347,7 @@ class RegistrationSection(QGroupBox):
         self._close_pbar()
         self.run_button.setText("Run")
         self.cancel_button.setEnabled(False)
-        done = self._state.done
+        done = self._run_seq.done
         if self._failed and not done:
             self.status.setText("Failed: see the notification")
             self.run_finished.emit(None)
@@ -340,7 +361,8 @@ class RegistrationSection(QGroupBox):
             pixel_spacing_mm=info["pixel_spacing_mm"],
             device=describe_device(pick_device(self._config.device)),
         )
-        self._state.result = result
+        result.masks = self._run_seq.run_mask  # saved with the fields: a reopened result shows only these arrows
+        self._run_seq.result = result
         if result.cancelled:
             self.status.setText(f"Stopped: {len(done)} of {len(self._config.effective_scales)} scales finished and kept")
             show_info(self.status.text())
@@ -348,7 +370,18 @@ class RegistrationSection(QGroupBox):
             self.bar.setValue(1000)
             seconds = float(np.sum(result.seconds)) if result.seconds is not None else 0.0
             self.status.setText(f"Done: {len(done)} scales in {seconds:.0f} s on {result.device}")
+        self.show_convergence(result)
         self.run_finished.emit(result)
+
+    def show_convergence(self, result, notify: bool = True) -> list[str]:
+        """Warn, visibly, when the result looks unconverged (nearly uniform field, mean CC flat across scales)."""
+        texts = convergence_warnings(result.fields, result.metrics["mean_cc"], result.scales, result.masks) \
+            if result is not None and result.n_scales else []
+        self.warning.setText("\n".join(f"Warning: {t}" for t in texts))
+        self.warning.setVisible(bool(texts))
+        for text in texts if notify else ():
+            show_warning(text)
+        return texts
 
     def _close_pbar(self) -> None:
         if self._pbar is not None:

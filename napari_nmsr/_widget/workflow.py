@@ -15,11 +15,13 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QComboBox, QGroupBox, QPushButton, QScrollArea, QVBoxLayout, QWidget
+
+from napari_nmsr.core.errors import NMSRError
 
 from .display_section import DisplaySection
 from .export_section import ExportSection
-from .layers import ROLE_VECTORS, find_role
+from .layers import ROLE_VECTORS, adopt_unbound, find_role, show_sequence
 from .mask_section import MaskSection
 from .metrics_table import MetricsTable
 from .registration_section import RegistrationSection
@@ -68,26 +70,85 @@ class WorkflowWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        self.setMinimumWidth(340)
+        # no horizontal scrolling: the dock is at least as wide as the widest section needs (nothing cut off)
+        needed = body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
+        self.setMinimumWidth(max(360, needed))
 
-        self.sequence.layer_changed.connect(self.masks.on_layer_changed)
+        self.session_save_button = QPushButton("Save session...")
+        self.session_open_button = QPushButton("Open session...")
+        self.session_save_button.setToolTip("Marks, masks, points, outlines, units, settings and the result path in one file")
+        grid = self.export.layout()
+        grid.addWidget(self.session_save_button, grid.rowCount(), 0)
+        grid.addWidget(self.session_open_button, grid.rowCount() - 1, 1)
+        self.session_save_button.clicked.connect(lambda: self._session_dialog(save=True))
+        self.session_open_button.clicked.connect(lambda: self._session_dialog(save=False))
+        self.sequence.layer_changed.connect(self._on_sequence_changed)
+        self.sequence.units_changed.connect(self.display.refresh)
         self.registration.run_started.connect(self._watch_window)
         self.registration.run_started.connect(self.display.clear)
         self.registration.run_started.connect(self.metrics.clear_rows)
         self.registration.scale_done.connect(self.display.add_scale)
-        self.registration.scale_done.connect(self.metrics.add_scale)
+        self.registration.scale_done.connect(self._on_scale_done)
         self.registration.run_finished.connect(self._on_run_finished)
         if self.analysis is not None and hasattr(self.analysis, "consistency_changed"):
             self.registration.run_started.connect(self.analysis.on_run_started)
             self.analysis.consistency_changed.connect(self.display.refresh)
-        self.masks.on_layer_changed(self.state.image_layer)
+            self.analysis.map_shown.connect(self.display.avoid_map_colours)
+        self._on_sequence_changed(self.state.image_layer)
         QApplication.instance().aboutToQuit.connect(self.shutdown)
 
     # ------------------------------------------------------------------ wiring
+    def _on_sequence_changed(self, layer) -> None:
+        """Another sequence chosen (or opened): every section shows ITS state; other sequences' layers hide."""
+        adopt_unbound(self.viewer, layer)
+        show_sequence(self.viewer, layer)
+        self.masks.on_layer_changed(layer)
+        self.display.show_current()
+        self.metrics.clear_rows()
+        for done in self.state.done:
+            self.metrics.add_scale(done)
+        if self.analysis is not None and hasattr(self.analysis, "show_current"):
+            self.analysis.show_current()
+        self.export.status.setText("")
+        if not self.registration.running:
+            self.registration.show_convergence(self.state.result, notify=False)
+
+    def save_session(self, path):
+        """Write the chosen sequence's session (see :mod:`.session`); returns the path."""
+        from .session import save_session
+
+        return save_session(self, path)
+
+    def load_session(self, path):
+        """Restore a session file; returns the sequence's image layer."""
+        from .session import load_session
+
+        return load_session(self, path)
+
+    def _session_dialog(self, save: bool) -> None:
+        from napari.utils.notifications import show_error, show_info
+        from qtpy.QtWidgets import QFileDialog
+
+        ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = ask(self, "NMSR session", "session.npz", "NMSR session (*.npz)")
+        if not path:
+            return
+        try:
+            out = self.save_session(path) if save else self.load_session(path)
+        except (NMSRError, ValueError, OSError) as exc:
+            show_error(str(exc))
+            return
+        show_info(f"Session saved to {out}" if save else f"Session restored for '{out.name}'")
+
+    def _on_scale_done(self, done) -> None:
+        if any(d is done for d in self.state.done):  # the run's sequence is the chosen one
+            self.metrics.add_scale(done)
+
     def _on_run_finished(self, result) -> None:
-        """Attach the (possibly partial) result to the quiver layer, for the NPZ writer."""
-        self.display.finish(result)
-        layer = find_role(self.viewer, ROLE_VECTORS)
+        """Attach the (possibly partial) result to the run's quiver layer, for the NPZ writer."""
+        image = self.registration.run_image
+        self.display.finish(result, image)
+        layer = find_role(self.viewer, ROLE_VECTORS, image)
         if layer is not None and result is not None:
             layer.metadata["nmsr_result"] = result
         if self.analysis is not None and hasattr(self.analysis, "on_result"):
@@ -126,6 +187,7 @@ class WorkflowWidget(QWidget):
         if self.analysis is not None and hasattr(self.analysis, "shutdown"):
             self.analysis.shutdown()
         self.sequence.disconnect_viewer()
+        self.masks.unbind_keys()
         try:
             QApplication.instance().aboutToQuit.disconnect(self.shutdown)
         except (TypeError, RuntimeError):

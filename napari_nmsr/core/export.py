@@ -7,11 +7,14 @@ leaves the previous file (or no file) and never a truncated one.
 
 Contour CSV columns (one row per point per frame)::
 
-    frame, point, y, x[, y_mm, x_mm], outside
+    frame[, time_s], point, y, x[, y_mm, x_mm], outside[, units]
 
 ``y``/``x`` are pixels (row, column; pixel centres at integers), the ``_mm``
 columns appear when the pixel spacing is known (``y_mm = y * dy``), and
 ``outside`` is 1 for a tracked point that has left the image (0 otherwise).
+``time_s`` (= frame * frame interval) appears when the frame interval is
+given; ``units`` (``with_units=True``) names the unit of every column, e.g.
+``frame: index; time_s: s; y,x: px; y_mm,x_mm: mm``.
 
 Temporaries are named ``.<target>.nmsr-tmp-<pid>-<random><suffix>``; they are
 removed on every exit path Python sees, and one left by a killed process is
@@ -21,8 +24,10 @@ Contour JSON schema (``format`` "napari-nmsr-contours", ``version`` 1)::
 
     {"format": "napari-nmsr-contours", "version": 1,
      "coordinates": "...", "pixel_spacing_mm": [dy, dx] | null,
+     "frame_interval_s": dt | null, "units": {"points": "px", "points_mm": "mm", "time_s": "s"},
      "n_frames": T, "n_points": N, "metadata": {...},
-     "frames": [{"frame": t, "points": [[y, x], ...],
+     "frames": [{"frame": t, "time_s": t * dt (only with dt),
+                 "points": [[y, x], ...],
                  "points_mm": [[y_mm, x_mm], ...]   (only with spacing),
                  "outside": [false, ...]}, ...]}
 
@@ -187,10 +192,16 @@ def _check_contours(contours, outside):
     return c, o
 
 
-def save_contours_csv(path, contours, *, outside=None, pixel_spacing_mm=None, first_frame: int = 0) -> Path:
+def save_contours_csv(path, contours, *, outside=None, pixel_spacing_mm=None, first_frame: int = 0,
+                      frame_interval_s: float | None = None, with_units: bool = False) -> Path:
     """Write contours (T, N, 2) (y, x) pixels to CSV (columns in the module docstring)."""
     c, o = _check_contours(contours, outside)
-    header = ["frame", "point", "y", "x"] + (["y_mm", "x_mm"] if pixel_spacing_mm is not None else []) + ["outside"]
+    timed = frame_interval_s is not None
+    header = (["frame"] + (["time_s"] if timed else []) + ["point", "y", "x"]
+              + (["y_mm", "x_mm"] if pixel_spacing_mm is not None else []) + ["outside"]
+              + (["units"] if with_units else []))
+    units = "; ".join(["frame: index"] + (["time_s: s"] if timed else []) + ["y,x: px"]
+                      + (["y_mm,x_mm: mm"] if pixel_spacing_mm is not None else []) + ["outside: 0/1"])
 
     def write(tmp: Path):
         with open(tmp, "w", newline="") as fh:
@@ -199,10 +210,11 @@ def save_contours_csv(path, contours, *, outside=None, pixel_spacing_mm=None, fi
             for t in range(c.shape[0]):
                 for k in range(c.shape[1]):
                     y, x = c[t, k]
-                    row = [t + first_frame, k, f"{y:.4f}", f"{x:.4f}"]
+                    row = [t + first_frame] + ([f"{(t + first_frame) * frame_interval_s:.6f}"] if timed else [])
+                    row += [k, f"{y:.4f}", f"{x:.4f}"]
                     if pixel_spacing_mm is not None:
                         row += [f"{y * pixel_spacing_mm[0]:.5f}", f"{x * pixel_spacing_mm[1]:.5f}"]
-                    out.writerow(row + [int(o[t, k])])
+                    out.writerow(row + [int(o[t, k])] + ([units] if with_units else []))
 
     return atomic_write(path, write)
 
@@ -224,13 +236,16 @@ def load_contours_csv(path):
 
 
 def save_contours_json(path, contours, *, outside=None, pixel_spacing_mm=None, first_frame: int = 0,
-                       metadata: dict | None = None) -> Path:
+                       metadata: dict | None = None, frame_interval_s: float | None = None) -> Path:
     """Write contours (T, N, 2) to JSON (schema in the module docstring)."""
     c, o = _check_contours(contours, outside)
     spacing = None if pixel_spacing_mm is None else [float(pixel_spacing_mm[0]), float(pixel_spacing_mm[1])]
     frames = []
     for t in range(c.shape[0]):
-        entry = {"frame": t + first_frame, "points": np.round(c[t], 4).tolist()}
+        entry = {"frame": t + first_frame}
+        if frame_interval_s is not None:
+            entry["time_s"] = round((t + first_frame) * float(frame_interval_s), 6)
+        entry["points"] = np.round(c[t], 4).tolist()
         if spacing is not None:
             entry["points_mm"] = np.round(c[t] * spacing, 5).tolist()
         entry["outside"] = o[t].tolist()
@@ -240,6 +255,8 @@ def save_contours_json(path, contours, *, outside=None, pixel_spacing_mm=None, f
         "version": JSON_VERSION,
         "coordinates": "pixels, (y, x) = (row, column), pixel centres at integers",
         "pixel_spacing_mm": spacing,
+        "frame_interval_s": None if frame_interval_s is None else float(frame_interval_s),
+        "units": {"points": "px", "points_mm": "mm", "time_s": "s"},
         "n_frames": int(c.shape[0]),
         "n_points": int(c.shape[1]),
         "metadata": metadata or {},

@@ -281,8 +281,8 @@ def snap_contour(image, mask, n_points: int = N_POINTS, *, sigmas=(3.0, 2.0), me
     dist = np.linalg.norm(shift, axis=1)
     if np.any(dist > max_shift):
         warnings.warn(
-            f"The snapped outline wanted to move up to {dist.max():.1f} px from the drawing; "
-            f"limited to {max_shift:g} px. Check the mask on that frame.",
+            f"The snapped outline of the {name} wanted to move up to {dist.max():.1f} px from the drawing; "
+            f"limited to {max_shift:g} px. Check the {name}.",
             MaskWarning,
             stacklevel=2,
         )
@@ -305,7 +305,8 @@ def _phase_lengths(marks, cycle_length):
         cycle_length = known / frac
         warnings.warn(
             f"Cycle length unknown: assuming {cycle_length:.1f} frames (systole = "
-            f"{SYSTOLE_FRACTION:.0%} of the cycle). Mark the next ED or ES, or give the cycle length.",
+            f"{SYSTOLE_FRACTION:.0%} of the cycle). Mark the next ED or ES, or give the cycle length "
+            f"(cycle_length=, or 'Cycle length' in the panel's Sequence section).",
             MaskWarning,
             stacklevel=3,
         )
@@ -420,7 +421,7 @@ def masks_over_cycle(frames, ed: Mapping[int, np.ndarray], es: Mapping[int, np.n
             if not 0 <= int(f) < T:
                 raise MaskError(f"The {phase} frame {int(f)} is outside the sequence (frames 0 to {T - 1}).")
             if snap:
-                out[int(f)] = snap_contour(frames[int(f)], m, n_points, name=f"{phase} mask", **snap_options)
+                out[int(f)] = snap_contour(frames[int(f)], m, n_points, name=f"{phase} mask on frame {int(f)}", **snap_options)
             else:
                 out[int(f)] = normalise_contour(mask_outline(clean_mask(m, (H, W), name=f"{phase} mask")), n_points)
         contours[phase] = out

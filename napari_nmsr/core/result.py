@@ -18,6 +18,8 @@ frame_interval_s    () f8                  seconds between frames (NaN if unknow
 pixel_spacing_mm    (2,) f8                (dy, dx) mm per pixel (NaN if unknown)
 velocity_cm_s       (T-1, 2, H, W) f4      motion of the finest scale in cm/s
                                            (only when spacing and interval known)
+masks               (T, H, W) bool         the masks the run was restricted to
+                                           (only when it had masks)
 cancelled           () bool                the run was stopped before the last scale
 config_json         () str                 the RegistrationConfig
 convention_json     () str                 ``convention.CONVENTION``
@@ -59,6 +61,7 @@ class RegistrationResult:
     seconds: np.ndarray | None = None
     final_loss: np.ndarray | None = None
     device: str = ""
+    masks: np.ndarray | None = None  # (T, H, W) bool the run was restricted to, if any
 
     @classmethod
     def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "") -> "RegistrationResult":
@@ -146,6 +149,8 @@ class RegistrationResult:
         velocity = self.velocity_cm_s()
         if velocity is not None:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
+        if self.masks is not None:
+            payload["masks"] = np.asarray(self.masks, dtype=bool)
         path.parent.mkdir(parents=True, exist_ok=True)
         check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
         return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
@@ -169,6 +174,7 @@ class RegistrationResult:
             seconds=data["seconds"] if len(data["seconds"]) else None,
             final_loss=data["final_loss"] if len(data["final_loss"]) else None,
             device=str(data["device"]),
+            masks=None if data.get("masks") is None else np.asarray(data["masks"], dtype=bool),
         )
 
 
@@ -191,7 +197,7 @@ RESULT_KEYS = {
     "software": ("U", ()),
 }
 #: Keys a result may carry in addition (checked when present).
-OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W"))}
+OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W")), "masks": ("b", ("T", "H", "W"))}
 
 
 def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -232,6 +238,11 @@ def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if key in headers:
                     _check_header(name, key, *headers[key], kinds, pattern, dims)
             data = {k: z[k] for k in RESULT_KEYS}
+            if "masks" in headers:
+                data["masks"] = z["masks"]
+                if data["masks"].shape[0] != data["fields"].shape[1] + 1:
+                    raise ResultFileError(f"{name}: 'masks' has {data['masks'].shape[0]} frames but 'fields' has "
+                                          f"{data['fields'].shape[1]} frame pairs; the file is inconsistent")
     except ResultFileError:
         raise
     except Exception as exc:  # zlib, CRC and truncation errors of a damaged archive

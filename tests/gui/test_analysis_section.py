@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from napari_nmsr._widget.analysis_section import AnalysisSection
-from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS
+from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY
 from napari_nmsr._widget.state import WorkflowState
 from napari_nmsr.core.analysis.analytic import lamb_oseen_field
 from napari_nmsr.core.result import RegistrationResult
@@ -26,7 +27,7 @@ def _result(n_pairs=3):
 def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.random.default_rng(0).random((4, *SHAPE)).astype(np.float32) * 0.5 + 0.25)
-    viewer.add_vectors(np.zeros((1, 2, 4)), ndim=4, metadata={ROLE_KEY: ROLE_VECTORS})
+    viewer.add_vectors(np.zeros((1, 2, 4)), ndim=4, metadata={ROLE_KEY: ROLE_VECTORS, SOURCE_KEY: str(image.unique_id)})
     state = WorkflowState(image_layer=image, result=_result())
     section = AnalysisSection(viewer, state)
     qtbot.addWidget(section)
@@ -48,7 +49,15 @@ def test_analysis_section_adds_layers_table_and_csv(make_napari_viewer, qtbot, t
     assert any(layer.name == "main vortex path" for layer in viewer.layers)
 
     rows = section.table_rows()
-    assert len(rows) == 3 and float(rows[0][1]) == 30.0 and float(rows[2][2]) == 22.0
+    spacing = _result().pixel_spacing_mm[0]  # the centre is shown in mm when the pixel size is known
+    assert len(rows) == 3 and float(rows[0][2]) == pytest.approx(30.0 * spacing, abs=0.06)
+    assert float(rows[2][3]) == pytest.approx(22.0 * spacing, abs=0.06)
+    assert section.table.horizontalHeaderItem(2).text() == "x\nmm"
+    assert [r[0] for r in rows] == ["1", "2", "3"]  # the frame the slider shows (pair t on frame t+1)
+    assert section.table.horizontalHeaderItem(1).text() == "t\nms"
+    assert float(rows[0][1]) == pytest.approx(1000 * section.report["pairs"][0]["time"], abs=0.5)
+    main = points.features["main"].to_numpy()
+    assert main.all() and points.symbol[0].value == "star"  # the main vortex is marked
 
     section.map_kind.setCurrentText("circumferential strain")
     assert any(layer.name.startswith("NMSR circumferential strain") for layer in viewer.layers)

@@ -12,7 +12,7 @@ from napari_nmsr._widget import consistency
 from napari_nmsr._widget.analysis_section import AnalysisSection
 from napari_nmsr._widget.consistency import LAYER_NAME
 from napari_nmsr._widget.display_section import COLORMAP, UNRELIABLE_RGBA, DisplaySection
-from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, find_role
+from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY, find_role
 from napari_nmsr._widget.state import WorkflowState
 from napari_nmsr.core.register import RegistrationConfig, ScaleDone
 from napari_nmsr.core.result import RegistrationResult
@@ -47,7 +47,7 @@ def test_backward_run_shows_inconsistency_under_the_quiver_and_a_new_run_clears_
     viewer = make_napari_viewer()
     image, masks = add_small_sequence(viewer)
     viewer.add_labels(masks.astype(np.uint8), scale=image.scale, units=image.units, name="NMSR masks",
-                      metadata={ROLE_KEY: "masks"})
+                      metadata={ROLE_KEY: "masks", SOURCE_KEY: str(image.unique_id)})
     widget = open_panel(viewer)
     widget.sequence.select_layer(image)
     set_run(widget, "0.5, 1", "2, 3")
@@ -165,6 +165,8 @@ def test_engine_errors_become_notifications(make_napari_viewer, qtbot, monkeypat
     assert len(errors) == 1 and "weights file not found" in errors[0]
     assert state.inconsistency is None and "failed" in section.consistency.status.text()
 
-    state.image_layer = viewer.add_image(_frames(6))  # not the registered sequence: refused before any run
+    state.image_layer = viewer.add_image(_frames(6))  # another sequence: it has no result of its own
+    assert state.result is None and section.consistency.check() is None and len(errors) == 1
+    state.result = result  # a result of another shape handed to it: refused before any run
     assert section.consistency.check() is None
     assert len(errors) == 2 and "not the one of the result" in errors[1]

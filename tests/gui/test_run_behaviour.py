@@ -9,7 +9,7 @@ from qtpy.QtCore import QThreadPool, QTimer
 
 from gui_helpers import SCREENSHOTS, add_small_sequence, open_panel, set_run, wait_for_run
 from napari_nmsr._widget import registration_section
-from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS
+from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY
 
 pytestmark = pytest.mark.gui
 
@@ -28,7 +28,7 @@ def _panel_with_small_sequence(make_napari_viewer, with_mask=True):
     image, masks = add_small_sequence(viewer)
     if with_mask:
         viewer.add_labels(
-            masks.astype(np.uint8), scale=image.scale, units=image.units, name="NMSR masks", metadata={ROLE_KEY: "masks"}
+            masks.astype(np.uint8), scale=image.scale, units=image.units, name="NMSR masks", metadata={ROLE_KEY: "masks", SOURCE_KEY: str(image.unique_id)}
         )
     widget = open_panel(viewer)
     widget.sequence.select_layer(image)

@@ -1,0 +1,42 @@
+"""The advanced registration settings are a magicgui form generated from RegistrationConfig (issue 12)."""
+
+import dataclasses
+
+import pytest
+
+from gui_helpers import open_panel
+from napari_nmsr._widget.config_form import MAIN_FORM_FIELDS, ConfigForm
+from napari_nmsr.core.register import RegistrationConfig
+
+pytestmark = pytest.mark.gui
+
+
+def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = open_panel(viewer)
+    form = widget.registration.advanced
+    assert isinstance(form, ConfigForm)
+    expected = {f.name for f in dataclasses.fields(RegistrationConfig)} - set(MAIN_FORM_FIELDS)
+    assert {w.name for w in form} == expected  # nothing of the engine's config is missing
+    defaults = RegistrationConfig()
+    assert widget.registration.config().smoothness == defaults.smoothness
+    form["smoothness"].value = 3.5
+    form["ncc_radius"].value = 4
+    form["batch_size"].value = "2"
+    form["seed"].value = ""
+    form["encoder"].value = "8, 16, 16, 16"
+    config = widget.registration.config()
+    assert (config.smoothness, config.ncc_radius, config.batch_size, config.seed) == (3.5, 4, 2, None)
+    assert config.encoder == (8, 16, 16, 16) and config.lr == defaults.lr
+    form["batch_size"].value = "two"
+    with pytest.raises(ValueError, match="batch size"):
+        widget.registration.config()
+    form["batch_size"].value = ""
+    # the paper preset runs every step (no early stopping); the CPU preset keeps the engine's patience
+    widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
+    assert widget.registration.config().patience == 0
+    widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("cpu"))
+    assert widget.registration.config().patience == defaults.patience
+    assert not form.native.isVisibleTo(widget)
+    widget.registration.advanced_toggle.setChecked(True)
+    assert form.native.isVisibleTo(widget)
