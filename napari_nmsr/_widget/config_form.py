@@ -17,7 +17,7 @@ import typing
 
 from magicgui import widgets
 
-from napari_nmsr.core.register import RegistrationConfig
+from napari_nmsr.core.register import REGULARISERS, RegistrationConfig
 
 __all__ = ["MAIN_FORM_FIELDS", "ConfigForm", "form_fields"]
 
@@ -36,7 +36,17 @@ _TIPS = {
     "mask_margin": "Pixels the mask is grown by for the loss only",
     "encoder": "U-Net encoder channels, comma-separated",
     "decoder": "U-Net decoder channels, comma-separated",
+    "regulariser": "bending: penalises curvature only (rotation, vortex cores and probe motion are free); "
+                   "diffusion: the paper's |grad u|^2",
+    "affine": "Find each pair's affine (probe) motion first, then register what is left",
+    "affine_steps": "Adam steps of the affine stage per pyramid level (32, 64, 128 px)",
+    "crop": "Register only the mask's box (or the echo sector) plus a margin",
+    "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",
+    "pixels_per_step": "Pixels per optimisation step (blank = the device's default)",
+    "field_sigma": "Gaussian blur (px of each scale) of every scale's field (0 = off)",
 }
+#: Fields with a fixed set of values: a drop-down.
+_CHOICES = {"regulariser": tuple(REGULARISERS)}
 
 
 def _split_optional(annotation):
@@ -79,7 +89,10 @@ class ConfigForm(widgets.Container):
             inner, optional = _split_optional(annotation)
             label = name.replace("_", " ")
             tip = _TIPS.get(name, "")
-            if optional or typing.get_origin(inner) is not None:  # Optional scalar, or a tuple: a text box
+            if name in _CHOICES:
+                widget = widgets.ComboBox(choices=_CHOICES[name], value=default, name=name, label=label, tooltip=tip)
+                self._kinds[name] = ("plain", inner)
+            elif optional or typing.get_origin(inner) is not None:  # Optional scalar, or a tuple: a text box
                 item = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else inner
                 text = "" if default is None else (
                     ", ".join(str(v) for v in default) if isinstance(default, tuple) else str(default))

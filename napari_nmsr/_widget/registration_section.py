@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
@@ -51,16 +52,21 @@ VARIANT_LABELS = {
     "nmsr_v": "NMSR-V (pre-trained weights file)",
 }
 
-#: Steps per scale, coarse to fine. "cpu" (the default) is the engine's
-#: benchmark-tuned budget: the 12-frame sample in under a minute on one CPU
-#: thread; "quick" is a rough look in about a third of that.
+#: Steps per scale, coarse to fine. "default" is the engine's benchmark-tuned
+#: preset (core.register.PRESETS); "quick" is a rough look in about a third
+#: of its time; "paper" also switches the loss to the paper's (see
+#: PRESET_SETTINGS).
 STEP_PRESETS = {
     "quick": (60, 50, 40, 30),
-    "cpu": tuple(PRESETS["cpu"]["steps"]),
+    "default": tuple(PRESETS["default"]["steps"]),
     "paper": tuple(PRESETS["paper"]["steps"]),
 }
+#: Advanced settings a preset sets besides its steps (the others return to the engine's defaults).
+PRESET_SETTINGS = {
+    key: {k: v for k, v in PRESETS.get(key, {}).items() if k != "steps"} for key in STEP_PRESETS
+}
 
-_DEFAULTS = {"variant": "nmsr_vi", "scales": "0.125, 0.25, 0.5, 1", "preset": "cpu", "device": "auto", "use_mask": True}
+_DEFAULTS = {"variant": "nmsr_vi", "scales": "0.125, 0.25, 0.5, 1", "preset": "default", "device": "auto", "use_mask": True}
 
 
 def _numbers(text: str, kind=float) -> tuple:
@@ -89,6 +95,7 @@ class RegistrationSection(QGroupBox):
         self.last_stop_seconds: float | None = None  # Cancel -> thread returned
         self.run_image = None  # the image layer of the current / last run
         self._run_seq = state.current
+        self.last_estimate = None  # the latest time Estimate (core.estimate)
 
         self.variant = QComboBox()
         for key, label in VARIANT_LABELS.items():
@@ -116,6 +123,10 @@ class RegistrationSection(QGroupBox):
         self.use_mask = QCheckBox("Only inside the masks (2. Masks)")
         self.use_mask.setToolTip("Restrict the loss and the metrics to the per-frame masks, as in the paper")
         self.run_button = QPushButton("Run")
+        self.estimate_button = QPushButton("Estimate time")
+        self.estimate_button.setToolTip("Time a few steps on this sequence (about a second) and say how long Run will take")
+        self.estimate_label = QLabel("")
+        self._estimate_worker = None
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.bar = QProgressBar()
@@ -129,7 +140,7 @@ class RegistrationSection(QGroupBox):
         self.warning.setVisible(False)
 
         weights_row = row(self.weights, self.weights_button)
-        buttons = row(self.run_button, self.cancel_button)
+        buttons = row(self.run_button, self.cancel_button, self.estimate_button)
         form = QFormLayout(self)
         form.addRow("Variant", self.variant)
         form.addRow("Weights", weights_row)
@@ -141,6 +152,7 @@ class RegistrationSection(QGroupBox):
         form.addRow(self.advanced_toggle)
         form.addRow(self.advanced.native)
         form.addRow(buttons)
+        form.addRow(self.estimate_label)
         form.addRow(self.bar)
         form.addRow(self.status)
         form.addRow(self.warning)
@@ -151,12 +163,15 @@ class RegistrationSection(QGroupBox):
         self.steps.textEdited.connect(lambda _: self.preset.setCurrentIndex(self.preset.findData("custom")))
         self.weights_button.clicked.connect(self._pick_weights)
         self.run_button.clicked.connect(self.run)
+        self.estimate_button.clicked.connect(self.estimate)
         self.cancel_button.clicked.connect(self.cancel)
         self._on_variant()
 
     # ------------------------------------------------------------------ settings
     def _restore(self) -> None:
         s = {**_DEFAULTS, **SESSION_SETTINGS.get("registration", {})}
+        if s["preset"] == "cpu":  # the earlier name of "default"
+            s["preset"] = "default"
         self.variant.setCurrentIndex(max(0, self.variant.findData(s["variant"])))
         self.scales.setText(s["scales"])
         self.preset.setCurrentIndex(max(0, self.preset.findData(s["preset"])))
@@ -187,8 +202,9 @@ class RegistrationSection(QGroupBox):
         key = self.preset.currentData()
         if key in STEP_PRESETS:
             self.steps.setText(", ".join(str(n) for n in STEP_PRESETS[key]))
-            patience = PRESETS.get(key, {}).get("patience", RegistrationConfig.patience)
-            self.advanced.set_values({"patience": patience})  # the paper's schedule runs every step
+            # The preset's other settings (the paper's loss, its patience 0), or the engine's defaults.
+            engine_defaults = {k: getattr(RegistrationConfig, k) for k in ("patience", "regulariser", "smoothness", "affine")}
+            self.advanced.set_values({**engine_defaults, **PRESET_SETTINGS[key]})
 
     def _pick_weights(self):
         path, _ = QFileDialog.getOpenFileName(self, "NMSR-V weights", "", "Weights (*.pt *.pth *.npz);;All files (*)")
@@ -254,7 +270,8 @@ class RegistrationSection(QGroupBox):
         self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales))))
         self._pbar = progress(total=self._total_steps, desc="NMSR registration")
         self.bar.setValue(0)
-        self.status.setText("Starting ...")
+        self.bar.setFormat("%p%")
+        self.status.setText("Timing a few steps ...")
         self.run_button.setText("Running ...")
         self.cancel_button.setEnabled(True)
         self.warning.setVisible(False)
@@ -262,9 +279,47 @@ class RegistrationSection(QGroupBox):
         self.worker = start_registration_worker(
             frames, mask, config,
             on_progress=self._on_progress, on_scale=self._on_scale,
-            on_error=self._on_error, on_finished=self._on_finished,
+            on_error=self._on_error, on_finished=self._on_finished, on_estimate=self._on_estimate,
         )
         return self.worker
+
+    def estimate(self):
+        """Calibrate on the chosen sequence in a worker and show "about N s on this machine"; returns the worker."""
+        image = self._state.image_layer
+        if image is None:
+            show_warning("Choose an image layer in 1. Sequence first.")
+            return None
+        if self.running or self._estimate_worker is not None:
+            return None
+        try:
+            config = self.config()
+            frames = frames_from_layer(image)
+            mask = self._mask(frames.shape)
+        except (ValueError, NMSRError) as exc:
+            show_error(str(exc))
+            return None
+        from .worker import estimate_events
+
+        worker = create_worker(estimate_events, frames, mask, config, _start_thread=False, _ignore_errors=True)
+        self._estimate_worker = worker
+        self.estimate_label.setText("Timing a few steps ...")
+
+        def done():
+            self._estimate_worker = None
+
+        worker.yielded.connect(self._on_estimate)
+        worker.errored.connect(lambda exc: self.estimate_label.setText(f"No estimate: {exc}"))
+        worker.finished.connect(done)
+        worker.start()
+        return worker
+
+    def _on_estimate(self, est) -> None:
+        if self._closed:
+            return
+        self.last_estimate = est
+        self.estimate_label.setText(f"Run: {est}")
+        if self.running:
+            self.status.setText(f"Starting ({est}) ...")
 
     def _mask(self, shape) -> np.ndarray | None:
         if not self.use_mask.isChecked():
@@ -304,12 +359,17 @@ class RegistrationSection(QGroupBox):
         stop_worker(worker)
         self.worker = None
         self._close_pbar()
+        if self._estimate_worker is not None:
+            stop_worker(self._estimate_worker)
+            self._estimate_worker = None
 
     # ------------------------------------------------------------------ worker events (main thread)
     def _on_progress(self, p: Progress) -> None:
         if self._closed:
             return
         self.bar.setValue(int(1000 * p.fraction))
+        eta = p.eta_s
+        self.bar.setFormat("%p%" if eta is None else f"%p%  ·  about {eta:.0f} s left")
         self.status.setText(
             f"Scale {p.scale_index + 1} of {p.n_scales} ({p.scale:g}) - step {p.step} of {p.n_steps} - loss {p.loss:.4f}"
         )

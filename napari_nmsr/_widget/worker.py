@@ -48,8 +48,26 @@ def surface_runtime_errors(what: str):
 
 @surface_runtime_errors("the registration")
 def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
-    """Generator run in the worker thread: the engine's events, unchanged."""
+    """Generator run in the worker thread: the time estimate, then the engine's events, unchanged.
+
+    torch gets every core but one, so the viewer stays responsive.
+    """
+    from napari_nmsr.core.estimate import estimate_seconds
+    from napari_nmsr.core.threads import default_threads, use_threads
+
+    use_threads(default_threads(for_gui=True))
+    yield estimate_seconds(frames, mask, config)
     yield from register_iter(frames, mask, config)
+
+
+@surface_runtime_errors("the time estimate")
+def estimate_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
+    """Generator run in a worker thread: one Estimate (about a second of calibration)."""
+    from napari_nmsr.core.estimate import estimate_seconds
+    from napari_nmsr.core.threads import default_threads, use_threads
+
+    use_threads(default_threads(for_gui=True))
+    yield estimate_seconds(frames, mask, config)
 
 
 def start_registration_worker(
@@ -61,6 +79,7 @@ def start_registration_worker(
     on_scale: Callable[[ScaleDone], None],
     on_error: Callable[[BaseException], None],
     on_finished: Callable[[], None],
+    on_estimate: Callable[[object], None] | None = None,
 ) -> "GeneratorWorker":
     """Create, connect and start the worker; returns it (keep it to cancel).
 
@@ -74,6 +93,8 @@ def start_registration_worker(
             on_scale(event)
         elif isinstance(event, Progress):
             on_progress(event)
+        elif on_estimate is not None:
+            on_estimate(event)
 
     worker.yielded.connect(dispatch)
     worker.errored.connect(on_error)

@@ -27,7 +27,7 @@ __all__ = ["affine_fields", "AFFINE_SIZES", "AFFINE_STEPS"]
 
 #: Long side (px) of the pyramid levels, and Adam steps per level.
 AFFINE_SIZES = (32, 64, 128)
-AFFINE_STEPS = (150, 100, 60)
+AFFINE_STEPS = (100, 60, 30)
 #: Adam step sizes per level: translation in units of half the long side, the
 #: affine matrix dimensionless (a rotation of 0.001 rad per step).
 _LR = ((0.02, 0.01), (0.006, 0.004), (0.002, 0.0015))

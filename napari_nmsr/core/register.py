@@ -67,7 +67,7 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (400, 300, 100, 120)},
+    "default": {"steps": (200, 150, 100, 100)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False},
 }
@@ -108,7 +108,7 @@ class RegistrationConfig:
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     steps: int | tuple[int, ...] = PRESETS["default"]["steps"]
     lr: float = 1e-3
-    smoothness: float = 10.0
+    smoothness: float = 50.0
     ncc_radius: int = 6
     batch_size: int | None = None
     device: str = "auto"
@@ -118,13 +118,13 @@ class RegistrationConfig:
     min_delta: float = 1e-3
     weights: str | None = None
     mask_margin: int = 6
-    regulariser: str = "diffusion"
-    affine: bool = False
+    regulariser: str = "bending"
+    affine: bool = True
     crop: bool = True
     crop_training: bool = True
     pixels_per_step: int | None = None
     field_sigma: float = 0.0
-    affine_steps: tuple[int, ...] = (150, 100, 60)
+    affine_steps: tuple[int, ...] = (100, 60, 30)
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 16)
 

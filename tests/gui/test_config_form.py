@@ -32,11 +32,15 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
     form["batch_size"].value = ""
-    # the paper preset runs every step (no early stopping); the CPU preset keeps the engine's patience
+    # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
+    # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
-    assert widget.registration.config().patience == 0
-    widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("cpu"))
-    assert widget.registration.config().patience == defaults.patience
+    paper = widget.registration.config()
+    assert paper.patience == 0 and paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
+    widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("default"))
+    back = widget.registration.config()
+    assert back.patience == defaults.patience and back.regulariser == defaults.regulariser
+    assert back.affine == defaults.affine
     assert not form.native.isVisibleTo(widget)
     widget.registration.advanced_toggle.setChecked(True)
     assert form.native.isVisibleTo(widget)
