@@ -182,3 +182,24 @@ def test_mask_with_nan_or_other_values_is_refused():
     with pytest.raises(MaskError):
         engine.validate_mask(bad, frames.shape)
     assert engine.validate_mask(np.ones((32, 32), np.uint8), frames.shape).dtype == bool
+
+
+def test_gpu_path_reads_the_loss_back_only_every_few_steps():
+    """On a GPU the loop must not wait for the device every step (a float() of the loss is a host sync)."""
+    import types
+    import warnings
+
+    frames = torch.from_numpy(np.stack([speckle(32, seed=s) for s in range(3)]))[:, None]
+    data = engine.ScaleData.prepare(frames[:-1], frames[1:], None, 1.0)
+    net = engine.UNet()
+    config = RegistrationConfig(amp=False, patience=0)
+    fake_gpu = types.SimpleNamespace(type="cuda")  # tensors stay on the CPU; only the loop's policy changes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = [v for _, v in engine.optimise_scale(net, [data], 25, config, fake_gpu, {"divisor": 1})]
+    assert len(values) == 25
+    assert all(np.isnan(v) for v in values[: engine.SYNC_EVERY - 1])
+    fresh = [i + 1 for i in range(1, 25) if values[i] != values[i - 1] and not np.isnan(values[i])]
+    assert set(fresh) <= {10, 20, 25}
+    cpu_values = [v for _, v in engine.optimise_scale(engine.UNet(), [data], 5, config, torch.device("cpu"), {"divisor": 1})]
+    assert not any(np.isnan(cpu_values))

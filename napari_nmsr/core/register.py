@@ -87,6 +87,8 @@ PIXELS_PER_STEP = {"cpu": 2**16, "mps": 2**21, "cuda": 2**23}
 #: per step, each at least MIN_CROP px on a side.
 MIN_PAIRS_PER_STEP = 4
 MIN_CROP = 64
+#: On a GPU the loss is read back (a host synchronisation) every this many steps.
+SYNC_EVERY = 10
 
 
 @dataclass
@@ -513,6 +515,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=n_steps // 4)
     use_amp = config.amp if config.amp is not None else device.type == "cuda"
     step = 0
+    value = float("nan")
     while step < n_steps:
         if cancel is not None and cancel():
             raise _Cancelled()
@@ -537,11 +540,15 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
             state["divisor"] *= 2
             continue
         step += 1
-        value = float(loss)
+        # Reading the loss waits for the device; on a GPU only every
+        # SYNC_EVERY steps (the queue of kernels stays full in between).
+        fresh = device.type == "cpu" or step % SYNC_EVERY == 0 or step == n_steps
+        if fresh:
+            value = float(loss)
         yield step, value
         # Early stopping reads the loss of the whole sequence: with a
         # minibatch the loss jumps between easy and hard pairs, so run all steps.
-        if batch >= n and monitor.update(value):
+        if fresh and batch >= n and monitor.update(value, steps=1 if device.type == "cpu" else SYNC_EVERY):
             return
 
 
@@ -637,8 +644,9 @@ class _Convergence:
         self.best = math.inf
         self.since = 0
 
-    def update(self, value: float) -> bool:
-        self.seen += 1
+    def update(self, value: float, steps: int = 1) -> bool:
+        """Record the loss after ``steps`` more steps; True when the scale should stop."""
+        self.seen += steps
         if self.patience <= 0:
             return False
         self.ema = value if self.ema is None else self.smoothing * self.ema + (1 - self.smoothing) * value
@@ -646,5 +654,5 @@ class _Convergence:
             self.best = self.ema
             self.since = 0
         else:
-            self.since += 1
+            self.since += steps
         return self.since >= self.patience and self.seen > self.warmup
