@@ -141,7 +141,7 @@ def run_method(method, frames, mask, threads):
     est = estimate_seconds(frames, mask, config).total_s
     res = register(frames, mask=mask, config=config)
     torch.set_num_threads(n)
-    return res.fields[-1], float(np.mean(res.mean_cc[-1])), est
+    return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est
 
 
 def main(argv=None) -> int:

@@ -57,13 +57,17 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     sample = min(n_pairs, 4) + 1
     box, moving, fixed, mask_full, _ = engine.prepare_inputs(frames[:sample], None if mask is None else mask[:sample], config, device)
     stages = []
+    # One-time costs (kernels, thread pools) would otherwise be charged to the first timed step.
+    warm = moving[:1]
+    affine_fields(warm, fixed[:1], None, config.ncc_radius, steps=(1,))
     if config.affine:
-        calib = (2, 2, 2)
+        # A tenth of every level's steps, so each level weighs as in the run.
+        calib = tuple(max(1, round(n / 10)) for n in config.affine_steps)
+        factor = sum(config.affine_steps) / sum(calib)
         t0 = time.perf_counter()
         affine_fields(moving, fixed, mask_full, config.ncc_radius, steps=calib)
         _sync(device)
-        per = (time.perf_counter() - t0) / sum(calib)
-        stages.append(per * sum(config.affine_steps) * n_pairs / moving.shape[0])
+        stages.append((time.perf_counter() - t0) * factor * n_pairs / moving.shape[0])
     else:
         stages.append(0.0)
     state = {"divisor": 1}
