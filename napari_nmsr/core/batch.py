@@ -177,10 +177,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _load_mask(path: Path):
-    try:
-        return np.load(path, allow_pickle=False).astype(bool)
-    except Exception as exc:
-        raise MaskError(f"cannot read mask {path}: {exc}") from exc
+    """The same checked reader as `nmsr register --mask` (booleans or 0/1 only, size budget)."""
+    from .export import load_masks
+
+    return load_masks(path)
 
 
 def _result_row(item: BatchItem, result) -> dict:
@@ -206,9 +206,9 @@ def register_file(item: BatchItem, config, *, threads: int | None = None) -> dic
     row = {"input": str(item.input), "status": "failed", "error": ""}
     try:
         if threads:
-            import torch
+            from .threads import use_threads
 
-            torch.set_num_threads(int(threads))
+            use_threads(int(threads))
         if item.mask_error:
             raise MaskError(item.mask_error)
         seq = load_sequence(item.input)
