@@ -41,7 +41,7 @@ from napari_nmsr.core.metrics import sequence_metrics  # noqa: E402
 from napari_nmsr.core.simulate import CASES, vortex_centre  # noqa: E402
 
 DEFAULT_JSON = HERE / "results" / "latest.json"
-ALL_BASELINES = ("zero", "farneback", "ants", "truth")
+ALL_BASELINES = ("zero", "farneback", "dis", "openpiv", "ants", "truth")
 
 
 # --------------------------------------------------------------------------- metrics

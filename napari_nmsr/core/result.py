@@ -64,9 +64,15 @@ class RegistrationResult:
     masks: np.ndarray | None = None  # (T, H, W) bool the run was restricted to, if any
 
     @classmethod
-    def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "") -> "RegistrationResult":
-        """Assemble from the engine's ``ScaleDone`` events (possibly none, if cancelled early)."""
-        if done:
+    def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "",
+                    fields: np.ndarray | None = None) -> "RegistrationResult":
+        """Assemble from the engine's ``ScaleDone`` events (possibly none, if cancelled early).
+
+        ``fields``: the events' fields already stacked (S, T-1, 2, H, W) float32, used as is.
+        """
+        if fields is not None:
+            fields = np.asarray(fields, np.float32)
+        elif done:
             fields = np.stack([d.field for d in done]).astype(np.float32, copy=False)
         else:
             fields = np.zeros((0, 0, 2, 0, 0), np.float32)
