@@ -185,7 +185,10 @@ def test_settings_persist_for_the_session(make_napari_viewer):
     viewer = make_napari_viewer()
     add_small_sequence(viewer)
     widget = open_panel(viewer)
-    assert widget.registration.steps.text() == "400, 300, 100, 120"  # the default: the engine's default preset
+    from napari_nmsr.core.register import PRESETS
+
+    # the default: the engine's default preset
+    assert widget.registration.steps.text() == ", ".join(str(n) for n in PRESETS["default"]["steps"])
     widget.registration.steps.setText("7, 7")
     widget.registration.steps.textEdited.emit("7, 7")
     widget.registration.variant.setCurrentIndex(widget.registration.variant.findData("nmsr_ms"))

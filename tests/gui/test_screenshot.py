@@ -1,4 +1,4 @@
-"""The README screenshot: the real window, the vortex sample, the default run (the engine's CPU preset).
+"""The README screenshot: the real window, the vortex sample, the default run (the engine's default preset).
 
 Slow (a full default run, about a minute on one CPU thread), so it is marked
 ``slow``; run it with ``python -m pytest tests/gui/test_screenshot.py -m slow``.
@@ -22,7 +22,10 @@ def test_readme_screenshot_of_the_default_run(make_napari_viewer, qtbot):
     widget = open_panel(viewer)
     widget.masks.refine()
     masks = widget.masks.interpolate()
-    assert widget.registration.steps.text() == "400, 300, 100, 120"  # the default: the engine's CPU preset
+    from napari_nmsr.core.register import PRESETS
+
+    # the default: the engine's default preset
+    assert widget.registration.steps.text() == ", ".join(str(n) for n in PRESETS["default"]["steps"])
     started = time.perf_counter()
     widget.registration.run()
     wait_for_run(qtbot, widget, timeout_ms=600_000)
