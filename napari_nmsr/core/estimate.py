@@ -79,7 +79,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         net = engine.UNet(config.encoder, config.decoder).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         batch = engine.batch_for(data, config, device, state)
-        crop = None if config.batch_size or not config.crop_training else engine.training_crop(tuple(data.moving.shape[-2:]), device, config)
+        crop = engine.training_crop(tuple(data.moving.shape[-2:]), device, config)
         use_amp = config.amp if config.amp is not None else device.type == "cuda"
         step_s = 0.0
         for i in range(2):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .convention import pixel_grid, resize_image, warp
+from .convention import pixel_grid, resize_field, resize_image, warp
 from .losses import local_cc_map, masked_mean
 
 __all__ = ["affine_fields", "AFFINE_SIZES", "AFFINE_STEPS"]
@@ -100,15 +100,12 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
 def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
     """(N,) bool: the affine field's local CC beats no motion (checked on a <=128 px grid)."""
     size = _level_size(tuple(fixed.shape[-2:]), 128)
-    H, W = fixed.shape[-2:]
     mv, fx = resize_image(moving, size), resize_image(fixed, size)
-    mk = None if mask is None else (resize_image(mask, size) > 0.5).float()
-    f = torch.nn.functional.interpolate(field, size=size, mode="bilinear", align_corners=True)
-    f = f / torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=field.device).view(1, 2, 1, 1)
-    out = []
-    for i in range(field.shape[0]):
-        m = None if mk is None else mk[i : i + 1]
-        cc_aff = masked_mean(local_cc_map(warp(mv[i : i + 1], f[i : i + 1]), fx[i : i + 1], radius), m)
-        cc_id = masked_mean(local_cc_map(mv[i : i + 1], fx[i : i + 1], radius), m)
-        out.append(bool(cc_aff >= cc_id))
-    return torch.tensor(out, device=field.device)
+    weight = torch.ones_like(fx) if mask is None else (resize_image(mask, size) > 0.5).float()
+
+    def per_pair(cc):  # masked mean of each pair's CC map
+        return (cc * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
+
+    cc_affine = per_pair(local_cc_map(warp(mv, resize_field(field, size)), fx, radius))
+    cc_identity = per_pair(local_cc_map(mv, fx, radius))
+    return cc_affine >= cc_identity

@@ -421,7 +421,7 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         work[0] = 0.3 * n_pairs * size[0] * size[1] * f * f * sum(config.affine_steps) / len(config.affine_steps)
     for k, s in enumerate(config.effective_scales):
         h, w = scale_size(size, s)
-        crop = training_crop((h, w), device, config) if config.crop_training and not config.batch_size else None
+        crop = training_crop((h, w), device, config)
         px = crop[0] * crop[1] if crop else h * w
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
         work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
@@ -453,7 +453,7 @@ def batch_for(data: "ScaleData", config, device, state) -> int:
     if config.batch_size:
         batch = min(n, config.batch_size)
     else:
-        crop = training_crop(tuple(data.moving.shape[-2:]), device, config) if config.crop_training else None
+        crop = training_crop(tuple(data.moving.shape[-2:]), device, config)
         size = crop or tuple(data.moving.shape[-2:])
         batch = default_batch(n, size, device, config)
     return max(1, batch // state["divisor"])
@@ -462,12 +462,16 @@ def batch_for(data: "ScaleData", config, device, state) -> int:
 def training_crop(size: tuple[int, int], device: torch.device, config=None) -> tuple[int, int] | None:
     """Crop (h, w) for the optimisation steps of a large scale, or None for whole frames.
 
+    None as well when the config fixes the batch size or turns crop training off.
+
     When fewer than MIN_PAIRS_PER_STEP whole frames fit the device's pixel
     budget, each step takes that many random crops instead (the U-Net is
     convolutional, so the trained weights then run on the whole frames):
     a step's cost no longer grows with the frame, only the final inference
     does.
     """
+    if config is not None and (config.batch_size or not config.crop_training):
+        return None
     budget = pixel_budget(device, config)
     h, w = size
     if h * w * MIN_PAIRS_PER_STEP <= budget:
@@ -532,7 +536,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
         n = data.moving.shape[0]
         batch = batch_for(data, config, device, state)
         idx = _batch_indices(n, batch, step + 1)
-        crop = None if config.batch_size or not config.crop_training else training_crop(tuple(data.moving.shape[-2:]), device, config)
+        crop = training_crop(tuple(data.moving.shape[-2:]), device, config)
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
             loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window)
