@@ -12,11 +12,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
-__all__ = ["Box", "region_of_interest", "paste_field"]
+__all__ = ["Box", "region_of_interest", "sector_region", "paste_field"]
 
 #: A pixel belongs to the sector when its brightest value over the cine exceeds this.
 SECTOR_LEVEL = 0.02
+#: A bright blob is burnt-in annotation (text, colour bar, ECG trace) when fewer than this share
+#: of its pixels change over the cine by more than ANNOTATION_STILL (std over frames).
+ANNOTATION_SHARE = 0.05
+ANNOTATION_STILL = 0.01
 
 
 class Box(tuple):
@@ -41,7 +46,7 @@ def region_of_interest(frames: np.ndarray, mask: np.ndarray | None, margin: int,
     if mask is not None:
         region = mask.any(axis=0)
     else:
-        region = frames.max(axis=0) > SECTOR_LEVEL
+        region = sector_region(frames)
     if not region.any():
         return Box((0, h, 0, w))
     rows = np.flatnonzero(region.any(axis=1))
@@ -49,6 +54,29 @@ def region_of_interest(frames: np.ndarray, mask: np.ndarray | None, margin: int,
     y0, y1 = _grow(rows[0], rows[-1] + 1, margin, h, min_size)
     x0, x1 = _grow(cols[0], cols[-1] + 1, margin, w, min_size)
     return Box((y0, y1, x0, x1))
+
+
+def sector_region(frames: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the scan sector, without the burnt-in text, colour bar and ECG trace.
+
+    Pixels brighter than SECTOR_LEVEL at some frame, closed over 2 px so the
+    speckle forms blobs. A blob is kept when its pixels change over the cine
+    (speckle does, burnt-in annotations do not); the largest blob always is.
+    On the shared parasternal DICOM (430x600) the box shrinks from the whole
+    frame to the sector.
+    """
+    bright = frames.max(axis=0) > SECTOR_LEVEL
+    if not bright.any() or len(frames) < 2:
+        return bright
+    closed = ndimage.binary_closing(bright, structure=np.ones((5, 5), bool), border_value=0)
+    labels, n = ndimage.label(closed, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return bright
+    index = np.arange(1, n + 1)
+    moving = ndimage.mean(frames.std(axis=0) > ANNOTATION_STILL, labels, index)
+    areas = ndimage.sum(closed, labels, index)
+    keep = index[(np.asarray(moving) >= ANNOTATION_SHARE) | (areas == areas.max())]
+    return bright & np.isin(labels, keep)
 
 
 def _grow(lo: int, hi: int, margin: int, size: int, min_size: int) -> tuple[int, int]:
