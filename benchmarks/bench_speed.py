@@ -53,7 +53,7 @@ ROWS = ("sim128", "sim256", "dicom", "apical", "apical_nomask")
 METHODS = ("nmsr", "nmsr_before", "farneback", "dis", "openpiv", "ants")
 #: The engine's default before the affine stage, bending term and cropping (for the time-per-pair ratio).
 BEFORE = dict(regulariser="diffusion", smoothness=10.0, affine=False, steps=(400, 300, 100, 120), crop=False,
-              crop_training=False)
+              crop_training=False, amp=False)
 DATA = HERE.parent.parent / "shared" / "data"
 
 

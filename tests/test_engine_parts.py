@@ -1,6 +1,7 @@
 """The engine's newer parts: bending regulariser, affine stage, region of interest, estimate, threads, ETA."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from napari_nmsr.core.estimate import Estimate, estimate_seconds
 from napari_nmsr.core.global_motion import affine_fields
 from napari_nmsr.core.losses import bending_loss, gaussian_smooth, smoothness_loss
 from napari_nmsr.core.register import Progress, RegistrationConfig, register
-from napari_nmsr.core.roi import Box, paste_field, region_of_interest
+from napari_nmsr.core.roi import Box, paste_field, region_of_interest, sector_region
 from napari_nmsr.core.threads import default_threads, passive_openmp, use_threads
 
 
@@ -84,6 +85,33 @@ def test_region_of_interest_boxes_the_mask_or_the_sector():
     assert region_of_interest(frames, mask, margin=10) == (30, 65, 50, 82)
     small = region_of_interest(frames, mask, margin=0, min_size=32)
     assert small.shape == (32, 32)
+
+
+def test_sector_box_leaves_out_burnt_in_text_and_ecg():
+    """Static bright annotations (text, ECG trace) are not sector: the box is the speckle's."""
+    rng = np.random.default_rng(0)
+    frames = np.zeros((4, 120, 160), np.float32)
+    frames[:, 30:90, 50:110] = rng.uniform(0.1, 0.9, (4, 60, 60))  # speckle: changes every frame
+    frames[:, 5:12, 2:40] = 0.8  # a line of text, the same in every frame
+    frames[:, 110:113, 10:150] = 0.6  # the ECG trace
+    box = region_of_interest(frames, None, margin=5)
+    assert box == (25, 95, 45, 115)
+
+
+REAL_DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "echo-dicom-gdcm" / "US-PAL-8-10x-echo.dcm"
+
+
+@pytest.mark.skipif(not REAL_DICOM.exists(), reason="shared data not present")
+def test_sector_of_the_real_dicom_has_no_annotations():
+    """Its text, colour bar and ECG trace no longer widen the registered box to the whole frame."""
+    from napari_nmsr.core.io import load_sequence
+
+    frames = load_sequence(REAL_DICOM).frames
+    region = sector_region(frames)
+    assert region[370:, :].sum() == 0  # the ECG band below the sector
+    assert region[:150, :90].sum() == 0  # the text block on the left
+    assert region[:200, 540:].sum() == 0  # the colour bar
+    assert region[150:250, 250:350].mean() > 0.9  # the heart
 
 
 def test_paste_field_extends_with_edge_values():
@@ -203,3 +231,61 @@ def test_gpu_path_reads_the_loss_back_only_every_few_steps():
     assert set(fresh) <= {10, 20, 25}
     cpu_values = [v for _, v in engine.optimise_scale(engine.UNet(), [data], 5, config, torch.device("cpu"), {"divisor": 1})]
     assert not any(np.isnan(cpu_values))
+
+
+def test_mixed_precision_is_chosen_per_device(monkeypatch):
+    """Automatic: reduced precision only on a GPU's coarse scales; the CPU keeps float32 (its bf16
+    cost accuracy on the held-out suite); config.amp=True forces it, natively or emulated."""
+    import types
+
+    from napari_nmsr.core import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.amp_dtype(cpu) == torch.bfloat16
+    assert engine.amp_for(RegistrationConfig(), cpu) is None
+    assert engine.amp_for(RegistrationConfig(amp=True), cpu) == torch.bfloat16
+    assert engine.amp_for(RegistrationConfig(amp=True), cpu, finest=True) == torch.bfloat16
+    assert engine.amp_for(RegistrationConfig(amp=False), cpu) is None
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.amp_dtype(cpu) is None
+    assert engine.amp_for(RegistrationConfig(amp=True), cpu) == torch.bfloat16  # emulated, but asked for
+    assert dev.amp_dtype("mps") is None
+    gpu = types.SimpleNamespace(type="cuda")
+    monkeypatch.setattr(engine, "amp_dtype", lambda device: torch.bfloat16)
+    assert engine.amp_for(RegistrationConfig(), gpu) == torch.bfloat16
+    assert engine.amp_for(RegistrationConfig(), gpu, finest=True) is None  # the returned field stays float32
+
+
+def test_unet_is_channels_last_and_returns_a_float32_field_under_autocast():
+    torch.manual_seed(0)
+    net = engine.UNet()
+    with torch.no_grad():  # a non-trivial output layer, so the comparison below means something
+        net.flow.weight.normal_(std=0.05)
+    assert net.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = (torch.from_numpy(speckle(48, seed=s))[None, None] for s in (1, 2))
+    with torch.no_grad():
+        ref = net(a, b)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(a, b)
+    assert ref.dtype == low.dtype == torch.float32
+    assert ref.is_contiguous()
+    assert ref.abs().mean() > 1e-3
+    # bf16 keeps ~3 significant digits in the features: the field agrees to a few percent
+    assert float((low - ref).abs().mean() / ref.abs().mean()) < 0.05
+
+
+def test_reduced_precision_run_recovers_a_translation_like_float32():
+    """The bf16 path (forced, so it runs on any CPU) tracks as well as float32."""
+    first = speckle(64, seed=3)
+    shift = torch.zeros(1, 2, 64, 64)
+    shift[:, 0], shift[:, 1] = 1.5, -2.0  # the pull field that maps frame t onto frame t+1
+    second = warp(torch.from_numpy(first)[None, None], shift)[0, 0].numpy()
+    frames = np.stack([first, second])
+    errors = {}
+    for amp in (False, True):
+        result = register(frames, None, RegistrationConfig(amp=amp, steps=(40, 40, 30, 30), affine=False))
+        field = result.fields[-1][0, :, 16:-16, 16:-16]
+        errors[amp] = float(np.hypot(field[0] - 1.5, field[1] + 2.0).mean())
+    assert errors[False] < 0.3
+    assert errors[True] < max(0.3, 1.5 * errors[False])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["available_devices", "pick_device", "describe_device", "is_out_of_memory"]
+__all__ = ["available_devices", "pick_device", "describe_device", "is_out_of_memory", "amp_dtype"]
 
 
 def available_devices() -> list[str]:
@@ -59,3 +59,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and (
         "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
     )
+
+
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The reduced precision this device runs natively, or None (whether a run uses it:
+    :func:`napari_nmsr.core.register.amp_for`).
+
+    CUDA: bfloat16 where the GPU has it (no loss scaling needed), else float16.
+    CPU: bfloat16 when oneDNN has native bf16 kernels (AVX512-BF16 / AMX); measured
+    on such a CPU (2 threads, 4 pairs of 128 px, with channels-last weights)
+    a training step took 60 ms against 83 ms in float32. Without native kernels bf16
+    is emulated and slower, so None. MPS: None.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older or unusual builds
+        return False

@@ -80,7 +80,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         batch = engine.batch_for(data, config, device, state)
         crop = engine.training_crop(tuple(data.moving.shape[-2:]), device, config)
-        use_amp = config.amp if config.amp is not None else device.type == "cuda"
+        use_amp = engine.amp_for(config, device, finest=k == len(config.effective_scales) - 1)
         step_s = 0.0
         for i in range(2):
             idx = torch.randperm(n_pairs, generator=gen)[:batch] if batch < n_pairs else slice(None)
@@ -90,7 +90,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
             _sync(device)
             step_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), engine._autocast(device, use_amp):
             net(data.moving[:1], data.fixed[:1])
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .convention import compose, resize_field, resize_image, warp
-from .device import describe_device, is_out_of_memory, pick_device
+from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
@@ -104,6 +104,8 @@ class RegistrationConfig:
     the field just outside the region has no data term, and the smoothness
     term drags the region's border towards it (benchmark: large-motion EPE
     0.36 px with margin 0, 0.19 px with 6, the NCC window radius).
+    ``amp`` None: mixed precision at the coarse scales on a GPU only
+    (:func:`amp_for`); True: everywhere; False: float32 throughout.
     """
 
     variant: str = "nmsr_vi"
@@ -375,10 +377,11 @@ def register_iter(
         net = _network_for_scale(k, s, net, config, init_states).to(device)
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
-        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel):
+        amp = amp_for(config, device, finest=k == len(scales) - 1)
+        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
-        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma))
+        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
         with torch.no_grad():  # one warp serves the metrics and the next scale's input
             warped_full = _chunked(warp, moving_full, field_full)
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
@@ -507,18 +510,25 @@ class ScaleData:
         return cls(moving, fixed, mask, tuple(warped_full.shape[-2:]))
 
     @torch.no_grad()
-    def residual_full(self, net, batch: int, sigma: float = 0.0) -> torch.Tensor:
-        """The network's field for every pair, resized to full resolution."""
+    def residual_full(self, net, batch: int, sigma: float = 0.0, amp: torch.dtype | None = None) -> torch.Tensor:
+        """The network's field for every pair, resized to full resolution (in the training's precision)."""
         net.eval()
+        device = self.moving.device
+
+        def infer(a, b):
+            with _autocast(device, amp):
+                return gaussian_smooth(net(a, b).float(), sigma)
+
         try:
-            residual = _chunked(lambda a, b: gaussian_smooth(net(a, b).float(), sigma), self.moving, self.fixed, chunk=max(1, batch))
+            residual = _chunked(infer, self.moving, self.fixed, chunk=max(1, batch))
         finally:
             net.train()
         return resize_field(residual, self.full_size)
 
 
-def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
-    """Adam on the pairs of ``datas`` (one or more sequences, visited in turn).
+def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None):
+    """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
+    under autocast to ``amp`` (None: float32; see :func:`amp_for`).
 
     Yields (step, loss). On out-of-memory the batch is halved (for this and
     later scales, through ``state["divisor"]``); DeviceMemoryError when even
@@ -526,7 +536,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None):
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=n_steps // 4)
-    use_amp = config.amp if config.amp is not None else device.type == "cuda"
+    use_amp = amp
     step = 0
     value = float("nan")
     while step < n_steps:
@@ -575,12 +585,36 @@ def _crop_window(size, crop, step: int) -> tuple[slice, slice]:
     return slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1])
 
 
+def amp_for(config: "RegistrationConfig", device: torch.device, finest: bool = False) -> torch.dtype | None:
+    """The U-Net's autocast dtype for one scale, or None for float32.
+
+    ``config.amp`` None (automatic): on a GPU, its reduced precision
+    (:func:`napari_nmsr.core.device.amp_dtype`) at the coarse scales and float32
+    at the finest, whose field is the result; on a CPU float32 everywhere.
+    CPU bf16 was measured and rejected: on a CPU with native bf16 it made the
+    coarse scales ~1.4x faster, but with bf16 at the coarse scales the held-out
+    suite got worse on all four probe cases (e.g. 0.095 -> 0.200 px) and all three
+    decorrelation cases (+5-13 %) (benchmarks/README.md). True: reduced precision
+    at every scale wherever the device has one (bf16 on any CPU); False: float32.
+    """
+    if config.amp is False or (config.amp is None and (finest or device.type != "cuda")):
+        return None
+    dtype = amp_dtype(device)
+    if config.amp and dtype is None:
+        dtype = torch.float16 if device.type in ("cuda", "mps") else torch.bfloat16
+    return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None))) -> torch.Tensor:
     wy, wx = window
     mv, fx = moving[idx][..., wy, wx], fixed[idx][..., wy, wx]
     mk = None if mask is None else mask[idx][..., wy, wx]
     optimiser.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device.type, enabled=use_amp):
+    with _autocast(device, use_amp):
         field = net(mv, fx)
     field = gaussian_smooth(field.float(), config.field_sigma)  # NCC sums and warping stay in float32
     regulariser = REGULARISERS[config.regulariser]

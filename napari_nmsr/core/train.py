@@ -21,7 +21,7 @@ from .convention import compose, warp
 from .device import pick_device
 from .errors import NMSRError
 from .export import atomic_write
-from .register import Progress, RegistrationConfig, ScaleData, batch_for, optimise_scale, validate_frames
+from .register import Progress, RegistrationConfig, ScaleData, amp_for, batch_for, optimise_scale, validate_frames
 from .unet import UNet
 
 __all__ = ["train", "load_weights", "WEIGHTS_FORMAT"]
@@ -58,11 +58,12 @@ def train(
         with torch.no_grad():
             datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s) for t, f in zip(tensors, fields)]
         n_steps = config.steps_for(k)
-        for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel):
+        amp = amp_for(config, device, finest=k == len(scales) - 1)
+        for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel, amp=amp):
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
-        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state), config.field_sigma)) for f, d in zip(fields, datas)]
+        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state), config.field_sigma, amp)) for f, d in zip(fields, datas)]
     payload = {
         "format": WEIGHTS_FORMAT,
         "scales": list(scales),
