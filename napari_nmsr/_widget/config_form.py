@@ -29,7 +29,7 @@ _TIPS = {
     "smoothness": "Weight of the smoothness term (higher = smoother field)",
     "ncc_radius": "Half-size (px) of the local-NCC window",
     "batch_size": "Frame pairs per step (blank = automatic; halved on out-of-memory)",
-    "amp": "Mixed precision (blank = automatic: bfloat16 where the CPU or GPU runs it natively; true / false)",
+    "amp": "Mixed precision (blank = automatic: a GPU's coarse scales only; true = every scale, also on CPU; false = off)",
     "seed": "Random seed (blank = not reproducible)",
     "patience": "Early stopping: steps without improvement before a scale stops (0 = off)",
     "min_delta": "Early stopping: relative loss improvement that counts",

@@ -536,7 +536,6 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=n_steps // 4)
-    use_amp = amp
     step = 0
     value = float("nan")
     while step < n_steps:
@@ -549,7 +548,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
         crop = training_crop(tuple(data.moving.shape[-2:]), device, config)
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
-            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window)
+            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
@@ -593,8 +592,8 @@ def amp_for(config: "RegistrationConfig", device: torch.device, finest: bool = F
     at the finest, whose field is the result; on a CPU float32 everywhere.
     CPU bf16 was measured and rejected: on a CPU with native bf16 it made the
     coarse scales ~1.4x faster, but with bf16 at the coarse scales the held-out
-    suite got worse on all four probe cases (e.g. 0.095 -> 0.200 px) and all three
-    decorrelation cases (+5-13 %) (benchmarks/README.md). True: reduced precision
+    suite got worse on all four probe cases and all three decorrelation cases
+    (part of it run-to-run spread; benchmarks/README.md). True: reduced precision
     at every scale wherever the device has one (bf16 on any CPU); False: float32.
     """
     if config.amp is False or (config.amp is None and (finest or device.type != "cuda")):
