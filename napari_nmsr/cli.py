@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from .cli_checks import (
     OneLineParser,
     check_outputs_distinct,
+    deferred_interrupt,
     output_file,
     positive_int,
     read_mask_argument,
@@ -259,7 +261,8 @@ def cmd_batch(args) -> int:
 
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        with deferred_interrupt():  # the parser imports the engine, and so torch
+            args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("nmsr: interrupted", file=sys.stderr)
         return 130
@@ -268,5 +271,25 @@ def main(argv=None) -> int:
     return run_quietly("nmsr", args.command, lambda: handler(args))
 
 
+def entry() -> None:
+    """The ``nmsr`` console script: :func:`main`, then exit with its status.
+
+    A Ctrl-C that lands while torch runs its own start-up code (embedded
+    ``PyRun_String``) leaves CPython's "unhandled KeyboardInterrupt" flag set
+    even though :func:`main` caught it, and the interpreter would then kill
+    itself with SIGINT at exit instead of returning 130. After an interrupt
+    everything is already cleaned up, so the process leaves at once.
+    """
+    code = main()
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

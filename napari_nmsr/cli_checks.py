@@ -14,8 +14,10 @@ import argparse
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .core.errors import NMSRError
 
@@ -28,6 +30,7 @@ __all__ = [
     "read_mask_argument",
     "read_weights_argument",
     "run_quietly",
+    "deferred_interrupt",
 ]
 
 
@@ -112,6 +115,33 @@ def read_weights_argument(path) -> None:
 
 def _terminate(signum, frame):  # pragma: no cover - exercised through a subprocess
     raise SystemExit(128 + signum)
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C while third-party start-up code runs, then raise it.
+
+    A KeyboardInterrupt raised inside torch's C++ start-up is not an ordinary
+    exception: pybind11 may turn it into an abort (SIGABRT, "terminate
+    called"), and CPython may kill the process with SIGINT at exit. So during
+    the heavy imports SIGINT only records itself, and the interrupt is raised
+    in our own code once they are done (a second or two later).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except (ValueError, OSError):  # signals unavailable here (embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_quietly(prog: str, command: str, handler: Callable[[], int]) -> int:
