@@ -206,3 +206,21 @@ def test_result_round_trip_and_versions(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ResultFileError):
         RegistrationResult.load(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_training_aligns_pairs_with_the_affine_stage_as_register_does(tmp_path, monkeypatch, affine):
+    """NMSR_V weights must learn the residual that register asks of them (after the affine stage)."""
+    import napari_nmsr.core.train as train_module
+
+    calls = []
+    real = train_module.affine_fields
+
+    def spy(moving, fixed, *a, **k):
+        calls.append(tuple(moving.shape))
+        return real(moving, fixed, *a, **k)
+
+    monkeypatch.setattr(train_module, "affine_fields", spy)
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    train_module.train([frames, frames[::-1].copy()], tmp_path / "w.pt", small_config(steps=2, affine=affine))
+    assert calls == ([(2, 1, 48, 48), (2, 1, 48, 48)] if affine else [])

@@ -21,6 +21,7 @@ from .convention import compose, warp
 from .device import pick_device
 from .errors import NMSRError
 from .export import atomic_write
+from .global_motion import affine_fields
 from .register import Progress, RegistrationConfig, ScaleData, amp_for, batch_for, optimise_scale, validate_frames
 from .unet import UNet
 
@@ -38,7 +39,9 @@ def train(
 ) -> Path:
     """Optimise per-scale weights over ``sequences`` ((T, H, W) arrays in [0, 1]).
 
-    Each scale starts from the previous scale's weights (as NMSR_VI).
+    Each scale starts from the previous scale's weights (as NMSR_VI), and
+    with ``config.affine`` each pair is first aligned by the affine stage,
+    so the weights learn the residual motion that ``register`` asks of them.
     ``config.steps`` counts steps over ALL sequences (the paper uses
     3500 x the number of sequences). Returns the written path.
     """
@@ -50,7 +53,10 @@ def train(
     if config.seed is not None:
         torch.manual_seed(config.seed)
     tensors = [torch.from_numpy(s).to(device)[:, None] for s in seqs]
-    fields = [torch.zeros((t.shape[0] - 1, 2, *t.shape[-2:]), device=device) for t in tensors]
+    if config.affine:  # as register does: the U-Net learns the motion left after the affine stage
+        fields = [affine_fields(t[:-1], t[1:], None, config.ncc_radius, steps=config.affine_steps) for t in tensors]
+    else:
+        fields = [torch.zeros((t.shape[0] - 1, 2, *t.shape[-2:]), device=device) for t in tensors]
     scales = config.effective_scales
     net = UNet(config.encoder, config.decoder).to(device)
     states, state = [], {"divisor": 1}
