@@ -14,7 +14,7 @@ from napari_nmsr.core.estimate import Estimate, estimate_seconds
 from napari_nmsr.core.global_motion import affine_fields
 from napari_nmsr.core.losses import bending_loss, gaussian_smooth, smoothness_loss
 from napari_nmsr.core.register import Progress, RegistrationConfig, register
-from napari_nmsr.core.roi import Box, paste_field, region_of_interest, sector_region
+from napari_nmsr.core.roi import Box, paste_field, paste_field_into, region_of_interest, sector_region
 from napari_nmsr.core.threads import default_threads, passive_openmp, use_threads
 
 
@@ -112,6 +112,17 @@ def test_sector_of_the_real_dicom_has_no_annotations():
     assert region[:150, :90].sum() == 0  # the text block on the left
     assert region[:200, 540:].sum() == 0  # the colour bar
     assert region[150:250, 250:350].mean() > 0.9  # the heart
+
+
+@pytest.mark.parametrize("box", [(2, 5, 1, 5), (0, 8, 0, 9), (0, 3, 4, 9), (5, 8, 0, 2)])
+def test_paste_into_a_buffer_equals_the_padded_copy(box):
+    rng = np.random.default_rng(1)
+    y0, y1, x0, x1 = box
+    f = torch.from_numpy(rng.normal(size=(3, 2, y1 - y0, x1 - x0)).astype(np.float32))
+    out = np.full((3, 2, 8, 9), np.nan, np.float32)
+    written = paste_field_into(f.numpy(), Box(box), out)
+    assert written is out
+    np.testing.assert_array_equal(out, paste_field(f, Box(box), (8, 9)).numpy())
 
 
 def test_paste_field_extends_with_edge_values():

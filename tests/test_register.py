@@ -224,3 +224,23 @@ def test_training_aligns_pairs_with_the_affine_stage_as_register_does(tmp_path, 
     frames, _ = moving_sequence("translation", n=3, size=48)
     train_module.train([frames, frames[::-1].copy()], tmp_path / "w.pt", small_config(steps=2, affine=affine))
     assert calls == ([(2, 1, 48, 48), (2, 1, 48, 48)] if affine else [])
+
+
+def test_register_writes_fields_in_place_exactly_as_the_generator_yields_them():
+    """register() pastes each scale into its result array; the values must equal register_iter's own copies."""
+    import torch
+
+    from napari_nmsr.core.register import prepare_inputs
+
+    frames, _ = moving_sequence("translation", n=3, size=96)
+    mask = np.zeros(frames.shape, bool)
+    mask[:, 10:30, 12:34] = True  # a box smaller than the frame, so the field is pasted and extended
+    cfg = small_config(steps=3, device="cpu")
+    box = prepare_inputs(frames, mask, cfg, torch.device("cpu"))[0]
+    assert tuple(box) != (0, 96, 0, 96)
+    res = register(frames, mask, cfg)
+    yielded = [e.field for e in register_iter(frames, mask, cfg) if isinstance(e, ScaleDone)]
+    assert res.fields.shape == (len(yielded),) + yielded[0].shape
+    for k, field in enumerate(yielded):
+        np.testing.assert_array_equal(res.fields[k], field)
+    assert not np.shares_memory(res.fields, yielded[-1])

@@ -57,7 +57,7 @@ VARIANT_LABELS = {
 #: of its time; "paper" also switches the loss to the paper's (see
 #: PRESET_SETTINGS).
 STEP_PRESETS = {
-    "quick": (60, 50, 40, 30),
+    "quick": (60, 40, 30, 10),
     "default": tuple(PRESETS["default"]["steps"]),
     "paper": tuple(PRESETS["paper"]["steps"]),
 }

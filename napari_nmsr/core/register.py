@@ -38,7 +38,7 @@ from .convention import compose, resize_field, resize_image, warp
 from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
-from .roi import Box, paste_field, region_of_interest
+from .roi import Box, paste_field, paste_field_into, region_of_interest
 from .losses import bending_loss, gaussian_smooth, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
@@ -67,7 +67,7 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (200, 150, 100, 50)},
+    "default": {"steps": (200, 125, 100, 20)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False},
 }
@@ -306,19 +306,22 @@ def register(
     stack: np.ndarray | None = None
     cancelled = False
     device = pick_device(config.device)
+
+    def buffer(k: int, n_scales: int, shape: tuple[int, ...]) -> np.ndarray:
+        # Every scale's field is written straight into one (S, T-1, 2, H, W) array: no
+        # second copy of all scales when the result is made (at 45x768x1024 that copy
+        # was 1.1 GB of the peak), nor a full-frame copy of each (277 MB).
+        nonlocal stack
+        if stack is None:
+            stack = np.empty((n_scales,) + tuple(shape), np.float32)
+        return stack[k]
+
     try:
-        for event in register_iter(frames, mask, config, cancel=cancel):
+        for event in register_iter(frames, mask, config, cancel=cancel, field_buffer=buffer):
             if isinstance(event, Progress):
                 if progress is not None:
                     progress(event)
             else:
-                # Every scale's field goes straight into one (S, T-1, 2, H, W) array and the
-                # event keeps a view of it: no second copy of all scales when the result is made
-                # (at 45x768x1024 that copy was 1.1 GB of the peak).
-                if stack is None:
-                    stack = np.empty((event.n_scales,) + event.field.shape, np.float32)
-                stack[len(done)] = event.field
-                event.field = stack[len(done)]
                 done.append(event)
                 if on_scale is not None:
                     on_scale(event)
@@ -340,13 +343,16 @@ def register_iter(
     mask=None,
     config: RegistrationConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    field_buffer: Callable[[int, int, tuple[int, ...]], np.ndarray] | None = None,
 ) -> Iterator[Progress | ScaleDone]:
     """The engine as a generator; see the module docstring.
 
     Closing the generator (``.close()``, or a napari worker's ``quit()``)
     stops the run at the current step. If ``cancel`` is given and returns True
     an internal cancellation is raised, which :func:`register` turns into a
-    partial result.
+    partial result. ``field_buffer(scale_index, n_scales, shape)``, if given,
+    returns the float32 array each scale's full-frame field is written into
+    (and that ``ScaleDone.field`` then is), so no full-frame copy is made.
     """
     config = config or RegistrationConfig()
     frames = validate_frames(frames)
@@ -385,8 +391,11 @@ def register_iter(
         with torch.no_grad():  # one warp serves the metrics and the next scale's input
             warped_full = _chunked(warp, moving_full, field_full)
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
-        field_out = paste_field(field_full, box, (h, w))
-        yield ScaleDone(k, len(scales), s, field_out.cpu().numpy(), mse, cc, step, time.perf_counter() - started, loss_value)
+        if field_buffer is None:
+            field_out = paste_field(field_full, box, (h, w)).cpu().numpy()
+        else:
+            field_out = paste_field_into(field_full.cpu().numpy(), box, field_buffer(k, len(scales), (n_pairs, 2, h, w)))
+        yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value)
 
 
 def prepare_inputs(frames: np.ndarray, mask: np.ndarray | None, config: "RegistrationConfig", device):

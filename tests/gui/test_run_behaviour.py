@@ -181,6 +181,14 @@ def test_rerun_replaces_its_own_layers_never_the_users(make_napari_viewer, qtbot
     assert widget.metrics.rowCount() == 1
 
 
+def test_quick_preset_is_cheaper_than_the_default_at_every_scale():
+    """"Quick" must never run more steps than the default at any scale (the default's finest is short)."""
+    quick, default = registration_section.STEP_PRESETS["quick"], registration_section.STEP_PRESETS["default"]
+    assert len(quick) == len(default)
+    assert all(q <= d for q, d in zip(quick, default)), (quick, default)
+    assert sum(quick) <= 0.5 * sum(default)
+
+
 def test_settings_persist_for_the_session(make_napari_viewer):
     viewer = make_napari_viewer()
     add_small_sequence(viewer)
