@@ -102,21 +102,32 @@ class Cost:
     memory before it (VmHWM after resetting it through /proc/self/clear_refs;
     falls back to the ru_maxrss delta, which is 0 when the process had
     already been bigger). This is what covers torch and OpenCV.
+
+    ``trace_python=False`` leaves tracemalloc off (tracemalloc_peak_mb is then
+    NaN): it hooks every Python allocation, and a torch training loop makes
+    many, so with it on NMSR's wall time is inflated (a quarter on the DICOM
+    row); the speed benchmark times without it.
     """
+
+    def __init__(self, trace_python: bool = True):
+        self.trace_python = trace_python
 
     def __enter__(self):
         self.exact_rss = _reset_peak_rss()
         self.rss0 = _status_kb("VmRSS")
         self.maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        tracemalloc.start()
+        if self.trace_python:
+            tracemalloc.start()
         self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         self.wall = time.perf_counter() - self.wall0
         self.cpu = time.process_time() - self.cpu0
-        self.tracemalloc_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
+        self.tracemalloc_peak_mb = float("nan")
+        if self.trace_python:
+            self.tracemalloc_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
         hwm = _status_kb("VmHWM")
         if self.exact_rss and hwm is not None and self.rss0 is not None:
             self.rss_peak_delta_mb = max(hwm - self.rss0, 0) / 1024

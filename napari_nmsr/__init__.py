@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import importlib
 
-from .core.threads import passive_openmp
-
-passive_openmp()  # before torch starts OpenMP: idle threads sleep (see core/threads.py)
-
 __version__ = "0.1.0"
 
 _API = {

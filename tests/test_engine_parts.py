@@ -204,6 +204,91 @@ def test_threads_policy(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_default_threads_leave_the_cores_other_processes_hold(monkeypatch):
+    import napari_nmsr.core.threads as threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=threads.IDLE_SAMPLE_S: 8.0)
+    assert threads.default_threads(load_aware=True) == 8
+    assert threads.default_threads(for_gui=True, load_aware=True) == 7
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=threads.IDLE_SAMPLE_S: 5.2)  # three held elsewhere
+    assert threads.default_threads(load_aware=True) == 5
+    assert threads.default_threads(for_gui=True, load_aware=True) == 4
+    assert threads.default_threads() == 8  # not asked to look at the load
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=threads.IDLE_SAMPLE_S: 0.1)  # all busy: still one
+    assert threads.default_threads(load_aware=True) == 1
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=threads.IDLE_SAMPLE_S: None)  # unknown: every core
+    assert threads.default_threads(load_aware=True) == 8
+
+
+def test_rebalance_follows_the_load_only_with_automatic_threads(monkeypatch):
+    import napari_nmsr.core.threads as threads
+
+    clock = {"t": 100.0, "busy": 0, "own": 0.0}
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=threads.IDLE_SAMPLE_S: 4.0)
+    monkeypatch.setattr(threads, "_cpu_ticks", lambda: (clock["busy"], 0))
+    monkeypatch.setattr(threads, "_ticks_per_second", lambda: 100.0)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: clock["own"])
+
+    def advance(seconds, own_cores, other_cores):
+        clock["t"] += seconds
+        clock["own"] += seconds * own_cores
+        clock["busy"] += round(100 * seconds * (own_cores + other_cores))
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.use_threads(None) == 4
+        assert threads.rebalance() is None  # first look: a reference point
+        advance(2.5, own_cores=4, other_cores=0)
+        assert threads.rebalance() is None and torch.get_num_threads() == 4  # nothing else running
+        advance(2.5, own_cores=2.6, other_cores=1.0)  # another process takes a core
+        assert threads.rebalance() == 3 and torch.get_num_threads() == 3
+        advance(0.5, own_cores=3, other_cores=1.0)
+        assert threads.rebalance() is None  # not due yet
+        advance(2.5, own_cores=3, other_cores=0.0)  # it ended
+        assert threads.rebalance() == 4
+        advance(2.5, own_cores=0.2, other_cores=4.0)  # everything busy: never below one thread
+        assert threads.rebalance() == 1
+        threads.use_threads(2)  # a given count is kept
+        advance(2.5, own_cores=2, other_cores=0.0)
+        assert threads.rebalance() is None and torch.get_num_threads() == 2
+    finally:
+        threads.use_threads(before)
+
+
+def test_the_engine_rebalances_threads_between_cpu_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "rebalance_threads", lambda: calls.append(1))
+    frames = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    engine.register(frames, config=RegistrationConfig(scales=(0.5, 1.0), steps=3, patience=0, affine=False, device="cpu"))
+    assert len(calls) == 6
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux /proc/stat")
+def test_idle_cores_sees_a_process_that_holds_a_core():
+    import subprocess
+    import sys
+
+    from napari_nmsr.core.threads import idle_cores
+
+    cores = os.cpu_count() or 1
+    quiet = idle_cores(0.3)
+    assert quiet is not None and 0 <= quiet <= cores + 1e-6
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)  # let it start spinning
+        loaded = idle_cores(0.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert loaded is not None and loaded < quiet - 0.5, (quiet, loaded)
+
+
 def test_paper_preset_keeps_the_papers_loss():
     paper = RegistrationConfig(**engine.PRESETS["paper"])
     assert paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine

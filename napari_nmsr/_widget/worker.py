@@ -50,12 +50,12 @@ def surface_runtime_errors(what: str):
 def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
     """Generator run in the worker thread: the time estimate, then the engine's events, unchanged.
 
-    torch gets every core but one, so the viewer stays responsive.
+    torch gets every core but one (and none that another process holds), so the viewer stays responsive.
     """
     from napari_nmsr.core.estimate import estimate_seconds
-    from napari_nmsr.core.threads import default_threads, use_threads
+    from napari_nmsr.core.threads import use_threads
 
-    use_threads(default_threads(for_gui=True))
+    use_threads(None, for_gui=True)
     yield estimate_seconds(frames, mask, config)
     yield from register_iter(frames, mask, config)
 
@@ -64,9 +64,9 @@ def registration_events(frames: "np.ndarray", mask: "np.ndarray | None", config:
 def estimate_events(frames: "np.ndarray", mask: "np.ndarray | None", config: RegistrationConfig):
     """Generator run in a worker thread: one Estimate (about a second of calibration)."""
     from napari_nmsr.core.estimate import estimate_seconds
-    from napari_nmsr.core.threads import default_threads, use_threads
+    from napari_nmsr.core.threads import use_threads
 
-    use_threads(default_threads(for_gui=True))
+    use_threads(None, for_gui=True)
     yield estimate_seconds(frames, mask, config)
 
 

@@ -42,6 +42,7 @@ from .roi import Box, paste_field, paste_field_into, region_of_interest
 from .losses import bending_loss, gaussian_smooth, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
+from .threads import rebalance as rebalance_threads
 from .unet import UNet
 
 __all__ = [
@@ -571,6 +572,8 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
             state["divisor"] *= 2
             continue
         step += 1
+        if device.type == "cpu":
+            rebalance_threads()  # follows the machine's load when no thread count was given (core/threads.py)
         # Reading the loss waits for the device; on a GPU only every
         # SYNC_EVERY steps (the queue of kernels stays full in between).
         fresh = device.type == "cpu" or step % SYNC_EVERY == 0 or step == n_steps
