@@ -38,7 +38,7 @@ from .convention import compose, resize_field, resize_image, warp
 from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
-from .roi import Box, paste_field, paste_field_into, region_of_interest
+from .roi import Box, paste_field, region_of_interest
 from .losses import bending_loss, gaussian_smooth, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
@@ -392,10 +392,9 @@ def register_iter(
         with torch.no_grad():  # one warp serves the metrics and the next scale's input
             warped_full = _chunked(warp, moving_full, field_full)
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
-        if field_buffer is None:
-            field_out = paste_field(field_full, box, (h, w)).cpu().numpy()
-        else:
-            field_out = paste_field_into(field_full.cpu().numpy(), box, field_buffer(k, len(scales), (n_pairs, 2, h, w)))
+        shape = (n_pairs, 2, h, w)
+        out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
+        field_out = paste_field(field_full.cpu().numpy(), box, out)
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value)
 
 

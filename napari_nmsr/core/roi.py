@@ -10,11 +10,9 @@ its edge values (the convention's ``border`` rule).
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["Box", "region_of_interest", "sector_region", "paste_field", "paste_field_into"]
+__all__ = ["Box", "region_of_interest", "sector_region", "paste_field"]
 
 #: A pixel belongs to the sector when its brightest value over the cine exceeds this.
 SECTOR_LEVEL = 0.02
@@ -89,20 +87,11 @@ def _grow(lo: int, hi: int, margin: int, size: int, min_size: int) -> tuple[int,
     return lo, hi
 
 
-def paste_field(field: torch.Tensor, box: Box, full: tuple[int, int]) -> torch.Tensor:
-    """A field (N, 2, h, w) on the box -> (N, 2, H, W) on the frame, edge values outside."""
-    H, W = full
-    y0, y1, x0, x1 = box
-    if (y0, y1, x0, x1) == (0, H, 0, W):
-        return field
-    return F.pad(field, (x0, W - x1, y0, H - y1), mode="replicate")
+def paste_field(field: np.ndarray, box: Box, out: np.ndarray) -> np.ndarray:
+    """A field (N, 2, h, w) on the box written into ``out`` (N, 2, H, W), edge values outside.
 
-
-def paste_field_into(field: np.ndarray, box: Box, out: np.ndarray) -> np.ndarray:
-    """:func:`paste_field` written straight into ``out`` (N, 2, H, W), with no full-frame temporary.
-
-    At 45x768x1024 a padded copy of one scale's field is 277 MB; the engine
-    writes each scale into the result's own array instead.
+    Written straight into ``out`` (the result's own array in :func:`~.register.register`):
+    at 45x768x1024 a padded copy of one scale's field would be 277 MB.
     """
     y0, y1, x0, x1 = box
     out[:, :, y0:y1, x0:x1] = field

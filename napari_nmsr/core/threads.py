@@ -8,7 +8,7 @@ register``):
 ====================================================  =========  ===========
 situation                                             2 threads  load-aware
 ====================================================  =========  ===========
-nothing else running, libgomp's default wait policy    36.0 s     36.0 s
+nothing else running, libgomp's default wait policy    36.0 s     38.8 s   
 nothing else running, ``OMP_WAIT_POLICY=PASSIVE``      48.7 s
 another process holds a core from the start (PASSIVE)  ~80 s      62.4 s (1 thread)
 another process starts 6 s into the run, default       99.7 s
@@ -31,7 +31,6 @@ acts before torch starts). ``for_gui`` leaves one more core to the viewer.
 from __future__ import annotations
 
 import os
-
 import time
 
 __all__ = ["passive_openmp", "available_cores", "idle_cores", "default_threads", "use_threads", "rebalance"]
@@ -92,13 +91,18 @@ def default_threads(for_gui: bool = False, load_aware: bool = False) -> int:
     (:func:`idle_cores`, rounded), at least one: a thread that has to share
     its core slows every step of the others.
     """
-    cores = available_cores()
-    n = max(1, cores - 1) if for_gui else cores
+    reserve = 1 if for_gui else 0
+    n = max(1, available_cores() - reserve)
     if load_aware and n > 1:
         idle = idle_cores()
         if idle is not None:
-            n = max(1, min(n, int(idle + 0.5) - (1 if for_gui else 0)))
+            n = _threads_for(idle, reserve)
     return n
+
+
+def _threads_for(idle: float, reserve: int) -> int:
+    """Threads for ``idle`` idle cores: rounded, less ``reserve``, within [1, available cores - reserve]."""
+    return max(1, min(available_cores() - reserve, int(idle + 0.5) - reserve))
 
 
 def use_threads(n: int | None, for_gui: bool = False) -> int:
@@ -151,8 +155,7 @@ def rebalance() -> int | None:
     wall = now - last[0]
     busy_s = (ticks[0] - last[1]) / _ticks_per_second()
     elsewhere = max(0.0, busy_s - (own - last[2])) / wall
-    cores = available_cores()
-    want = max(1, min(cores - _auto["reserve"], int((os.cpu_count() or cores) - elsewhere + 0.5) - _auto["reserve"]))
+    want = _threads_for((os.cpu_count() or available_cores()) - elsewhere, _auto["reserve"])
     import torch
 
     if want == torch.get_num_threads():
