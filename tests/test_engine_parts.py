@@ -291,7 +291,7 @@ def test_idle_cores_sees_a_process_that_holds_a_core():
 
 def test_paper_preset_keeps_the_papers_loss():
     paper = RegistrationConfig(**engine.PRESETS["paper"])
-    assert paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
+    assert paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine and not paper.guard
     assert paper.steps == (3500, 3500, 3500, 3500)
     with pytest.raises(ValueError):
         RegistrationConfig(regulariser="nope")
@@ -385,3 +385,45 @@ def test_reduced_precision_run_recovers_a_translation_like_float32():
         errors[amp] = float(np.hypot(field[0] - 1.5, field[1] + 2.0).mean())
     assert errors[False] < 0.3
     assert errors[True] < max(0.3, 1.5 * errors[False])
+
+
+def _scripted_scales(monkeypatch):
+    """Scale 0 finds the true shift of every pair; scale 1 adds sub-pixel noise to pair 1 and a
+    wrong 1.5 px jump to pair 0; later scales add nothing."""
+    calls = {"n": 0}
+
+    def residual_full(self, net, batch, sigma=0.0, amp=None):
+        calls["n"] += 1
+        n = self.moving.shape[0]
+        out = torch.zeros(n, 2, *self.full_size)
+        if calls["n"] == 1:
+            out[:, 1] = 2.0  # the true pull shift of every pair (frames move 2 px along x)
+        elif calls["n"] == 2:
+            noise = torch.randn(1, 2, *self.full_size, generator=torch.Generator().manual_seed(0))
+            out[1] = 2.5 * gaussian_smooth(noise, 2.0)[0]  # about 0.5 px: a noise fit
+            out[0, 0] = 1.5  # more than GUARD_MAX_SHIFT: motion the guard does not judge
+        return out
+
+    monkeypatch.setattr(engine.ScaleData, "residual_full", residual_full)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch, guard):
+    # A scale whose field matches the full-resolution frames worse than the field before it
+    # (a sub-pixel noise fit): with the guard that pair keeps its previous field; the pairs the
+    # scale left alone or moved by more than GUARD_MAX_SHIFT take the new one.
+    big = speckle(80, seed=5, sigma=1.5)
+    frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(4)])[:, 8:-8, 8:-8]
+    _scripted_scales(monkeypatch)
+    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=1, affine=False, crop=False, guard=guard)
+    events = []
+    fields = register(frames, config=config, on_scale=events.append).fields
+    assert np.allclose(fields[0][:, 1], 2.0) and np.allclose(fields[0][:, 0], 0.0)  # scale 0 improved all: taken
+    assert np.allclose(fields[1][0, 0], 1.5)  # the large change is taken either way
+    noise = np.hypot(*(fields[1][1] - fields[0][1])).mean()
+    if guard:
+        assert events[1].kept_previous.tolist() == [False, True, False]
+        assert noise == 0.0
+    else:
+        assert events[1].kept_previous is None
+        assert 0.2 < noise < engine.GUARD_MAX_SHIFT

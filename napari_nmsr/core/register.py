@@ -6,7 +6,10 @@ U-Net N(moving, fixed) is optimised with Adam on ALL frame pairs of this one
 sequence to minimise ``-localNCC(warp(moving, N), fixed) + lambda * |grad N|^2``
 (paper eqs. 1-3). Its field, brought to full resolution, is composed with the
 previous one (``convention.compose``; paper eq. 4 in the order the procedure
-implies). Every scale's composed full-resolution field is kept.
+implies). A pair whose full-resolution match (the loss's data term) the new
+field makes worse keeps its previous field (``guard``, on by default: a coarse
+scale fitted to downsampled speckle can be wrong at full resolution). Every
+scale's composed full-resolution field is kept.
 
 Variants (``RegistrationConfig.variant``):
 
@@ -39,7 +42,7 @@ from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
-from .losses import bending_loss, gaussian_smooth, ncc_loss, smoothness_loss
+from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .threads import rebalance as rebalance_threads
@@ -70,7 +73,7 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 PRESETS = {
     "default": {"steps": (200, 125, 100, 20)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
-              "affine": False},
+              "affine": False, "guard": False},
 }
 PRESETS["cpu"] = PRESETS["default"]
 DEFAULT_PRESET = "default"
@@ -88,6 +91,10 @@ PIXELS_PER_STEP = {"cpu": 2**16, "mps": 2**21, "cuda": 2**23}
 #: per step, each at least MIN_CROP px on a side.
 MIN_PAIRS_PER_STEP = 4
 MIN_CROP = 64
+#: The guard judges only refinements that move a pair by less than this (mean px over the mask):
+#: noise fits are sub-pixel, while a larger change is motion the earlier stages missed, which
+#: full-resolution speckle cannot judge (it decorrelates within a pixel or two of a coarse estimate).
+GUARD_MAX_SHIFT = 1.0
 #: On a GPU the loss is read back (a host synchronisation) every this many steps.
 SYNC_EVERY = 10
 
@@ -132,6 +139,7 @@ class RegistrationConfig:
     affine_steps: tuple[int, ...] = (100, 60, 30)
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 16)
+    guard: bool = True
 
     def __post_init__(self):
         self.variant = self.variant.lower()
@@ -222,6 +230,8 @@ class ScaleDone:
     steps_run: int
     seconds: float
     final_loss: float
+    #: (T-1,) bool: pairs that kept the previous scale's field (``RegistrationConfig.guard``), or None.
+    kept_previous: np.ndarray | None = None
 
 
 class _Cancelled(Exception):
@@ -378,6 +388,8 @@ def register_iter(
                                    cancel=_cancel_hook(cancel))
     with torch.no_grad():  # frame t warped by the composed field so far
         warped_full = _chunked(warp, moving_full, field_full)
+        match = _match(warped_full, fixed_full, mask_full, config.ncc_radius) if config.guard else None
+    worse = None
     for k, s in enumerate(scales):
         started = time.perf_counter()
         data = ScaleData.prepare(warped_full, fixed_full, mask_full, s)
@@ -388,14 +400,19 @@ def register_iter(
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
-        field_full = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
-        with torch.no_grad():  # one warp serves the metrics and the next scale's input
-            warped_full = _chunked(warp, moving_full, field_full)
+        new_field = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
+        with torch.no_grad():  # one warp serves the guard, the metrics and the next scale's input
+            new_warped = _chunked(warp, moving_full, new_field)
+            if config.guard:
+                match, worse = _guard(new_field, new_warped, field_full, warped_full, match, fixed_full, mask_full, config.ncc_radius)
+        field_full, warped_full = new_field, new_warped
+        del new_field, new_warped
         mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
         field_out = paste_field(field_full.cpu().numpy(), box, out)
-        yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value)
+        yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
+                        None if worse is None else worse.cpu().numpy())
 
 
 def prepare_inputs(frames: np.ndarray, mask: np.ndarray | None, config: "RegistrationConfig", device):
@@ -638,6 +655,8 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
 
 def _network_for_scale(k, scale, previous, config, init_states):
     if config.variant == "nmsr_vi" and previous is not None:
+        if config.guard:
+            previous.restart_output()  # start at the field the guard kept: no change to it
         return previous  # keep optimising the same weights at the finer scale
     net = UNet(config.encoder, config.decoder)
     if init_states is not None:
@@ -676,6 +695,48 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disk = (yy * yy + xx * xx) <= radius * radius
     return np.stack([ndimage.binary_dilation(m, disk) for m in mask])
+
+
+@torch.no_grad()
+def _guard(new_field, new_warped, old_field, old_warped, old_match, fixed, mask, radius):
+    """Keep, in place, the previous field of each pair whose full-resolution match the scale made worse.
+
+    A coarse scale is fitted to downsampled frames; where those frames are
+    mostly speckle noise (a pair already aligned by the affine stage, strong
+    decorrelation) its field, brought to full resolution, can match the real
+    frames worse than the field it refines. The same test as the affine
+    stage's (:func:`global_motion._better_than_identity`), on the loss's own
+    data term. Returns (each pair's match after the scale, (N,) bool kept).
+    """
+    match = _match(new_warped, fixed, mask, radius)
+    worse = (match < old_match) & (_mean_shift(new_field, old_field, mask) < GUARD_MAX_SHIFT)
+    if bool(worse.any()):
+        new_field[worse] = old_field[worse]
+        new_warped[worse] = old_warped[worse]
+        match = torch.where(worse, old_match, match)
+    return match, worse
+
+
+@torch.no_grad()
+def _mean_shift(a, b, mask, chunk: int = 8) -> torch.Tensor:
+    """(N,) mean distance (px) between two fields of each pair, over the mask."""
+    out = []
+    for i in range(0, a.shape[0], chunk):
+        d = (a[i : i + chunk] - b[i : i + chunk]).norm(dim=1, keepdim=True)
+        w = torch.ones_like(d) if mask is None else mask[i : i + chunk]
+        out.append((d * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _match(warped, fixed, mask, radius, chunk: int = 8) -> torch.Tensor:
+    """(N,) masked mean local squared CC of each pair at full resolution (the loss's data term)."""
+    out = []
+    for i in range(0, warped.shape[0], chunk):
+        cc = local_cc_map(warped[i : i + chunk], fixed[i : i + chunk], radius)
+        w = torch.ones_like(cc) if mask is None else mask[i : i + chunk]
+        out.append((cc * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
+    return torch.cat(out)
 
 
 def _chunked(fn, a, b, chunk: int = 32):

@@ -58,9 +58,14 @@ class UNet(nn.Module):
         self.extra = nn.Sequential(*[_block(a, b, 1) for a, b in zip([c, *extra[:-1]], extra)])
         c = extra[-1] if extra else c
         self.flow = nn.Conv2d(c, 2, 3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.restart_output()
         self.to(memory_format=torch.channels_last)
+
+    def restart_output(self) -> None:
+        """Output layer back to (near) zero: the field starts at no motion, the features are kept."""
+        with torch.no_grad():
+            nn.init.normal_(self.flow.weight, std=1e-5)
+            nn.init.zeros_(self.flow.bias)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """moving, fixed: (N, 1, H, W) -> field (N, 2, H, W) in pixels of this grid."""
