@@ -427,3 +427,17 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     else:
         assert events[1].kept_previous is None
         assert 0.2 < noise < engine.GUARD_MAX_SHIFT
+
+
+def test_a_scale_after_a_rejected_one_restarts_the_output_layer_only_then():
+    # NMSR_VI carries the network to the next scale; when the guard rejected a pair's field,
+    # its output would start at that rejected field, so the output layer restarts at zero.
+    net = engine.UNet()
+    with torch.no_grad():
+        net.flow.weight.fill_(1.0)
+        net.flow.bias.fill_(1.0)
+    config = RegistrationConfig()
+    assert engine._network_for_scale(1, 0.25, net, config, None, restart=False) is net
+    assert float(net.flow.bias.detach().abs().max()) == 1.0
+    assert engine._network_for_scale(2, 0.5, net, config, None, restart=True) is net
+    assert float(net.flow.bias.detach().abs().max()) == 0.0 and float(net.flow.weight.detach().abs().max()) < 1e-3

@@ -393,7 +393,7 @@ def register_iter(
     for k, s in enumerate(scales):
         started = time.perf_counter()
         data = ScaleData.prepare(warped_full, fixed_full, mask_full, s)
-        net = _network_for_scale(k, s, net, config, init_states).to(device)
+        net = _network_for_scale(k, s, net, config, init_states, restart=worse is not None and bool(worse.any())).to(device)
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         amp = amp_for(config, device, finest=k == len(scales) - 1)
@@ -653,10 +653,12 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
     return loss.detach()
 
 
-def _network_for_scale(k, scale, previous, config, init_states):
+def _network_for_scale(k, scale, previous, config, init_states, restart: bool = False):
+    """The U-Net for scale ``k``; ``restart``: the guard rejected the previous scale's field for
+    some pair, so a carried-over network's output layer restarts at zero (its features are kept)."""
     if config.variant == "nmsr_vi" and previous is not None:
-        if config.guard:
-            previous.restart_output()  # start at the field the guard kept: no change to it
+        if restart:
+            previous.restart_output()  # start at the field the guard kept, not at the rejected one
         return previous  # keep optimising the same weights at the finer scale
     net = UNet(config.encoder, config.decoder)
     if init_states is not None:
