@@ -711,27 +711,30 @@ def _guard(new_field, new_warped, old_field, old_warped, old_match, fixed, mask,
     data term. Returns (each pair's match after the scale, (N,) bool kept).
     """
     match = _match(new_warped, fixed, mask, radius)
-    worse = (match < old_match) & (_mean_shift(new_field, old_field, mask) < GUARD_MAX_SHIFT)
-    if bool(worse.any()):
-        new_field[worse] = old_field[worse]
-        new_warped[worse] = old_warped[worse]
-        match = torch.where(worse, old_match, match)
-    return match, worse
+    worse = match < old_match
+    if bool(worse.any()):  # of those, only sub-pixel changes are judged
+        idx = worse.nonzero()[:, 0]
+        worse[idx] = _mean_shift(new_field, old_field, mask, idx) < GUARD_MAX_SHIFT
+    for i in worse.nonzero()[:, 0].tolist():  # pair by pair: no copy of all kept pairs at once
+        new_field[i] = old_field[i]
+        new_warped[i] = old_warped[i]
+    return torch.where(worse, old_match, match), worse
 
 
 @torch.no_grad()
-def _mean_shift(a, b, mask, chunk: int = 8) -> torch.Tensor:
-    """(N,) mean distance (px) between two fields of each pair, over the mask."""
+def _mean_shift(a, b, mask, pairs: torch.Tensor, chunk: int = 2) -> torch.Tensor:
+    """(len(pairs),) mean distance (px) between two fields of those pairs, over the mask (a few pairs at a time)."""
     out = []
-    for i in range(0, a.shape[0], chunk):
-        d = (a[i : i + chunk] - b[i : i + chunk]).norm(dim=1, keepdim=True)
-        w = torch.ones_like(d) if mask is None else mask[i : i + chunk]
+    for i in range(0, len(pairs), chunk):
+        p = pairs[i : i + chunk]
+        d = (a[p] - b[p]).norm(dim=1, keepdim=True)
+        w = torch.ones_like(d) if mask is None else mask[p]
         out.append((d * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def _match(warped, fixed, mask, radius, chunk: int = 8) -> torch.Tensor:
+def _match(warped, fixed, mask, radius, chunk: int = 2) -> torch.Tensor:
     """(N,) masked mean local squared CC of each pair at full resolution (the loss's data term)."""
     out = []
     for i in range(0, warped.shape[0], chunk):
