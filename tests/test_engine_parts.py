@@ -415,9 +415,19 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     big = speckle(80, seed=5, sigma=1.5)
     frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(4)])[:, 8:-8, 8:-8]
     _scripted_scales(monkeypatch)
-    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=1, affine=False, crop=False, guard=guard)
+    warmups = []
+    real = engine.optimise_scale
+
+    def spy(*args, warmup=None, **kwargs):
+        warmups.append(warmup)
+        return real(*args, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(engine, "optimise_scale", spy)
+    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard)
     events = []
     fields = register(frames, config=config, on_scale=events.append).fields
+    # After the rejection the next scale restarts and may not stop early before half its steps.
+    assert warmups == ([2, 2, 4] if guard else [2, 2, 2])
     assert np.allclose(fields[0][:, 1], 2.0) and np.allclose(fields[0][:, 0], 0.0)  # scale 0 improved all: taken
     assert np.allclose(fields[1][0, 0], 1.5)  # the large change is taken either way
     noise = np.hypot(*(fields[1][1] - fields[0][1])).mean()

@@ -393,11 +393,14 @@ def register_iter(
     for k, s in enumerate(scales):
         started = time.perf_counter()
         data = ScaleData.prepare(warped_full, fixed_full, mask_full, s)
-        net = _network_for_scale(k, s, net, config, init_states, restart=worse is not None and bool(worse.any())).to(device)
+        restart = worse is not None and bool(worse.any())
+        net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         amp = amp_for(config, device, finest=k == len(scales) - 1)
-        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp):
+        # A restarted output improves the loss slowly at first: no early stop before half the steps.
+        warmup = n_steps // 2 if restart else n_steps // 4
+        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
         new_field = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
@@ -552,7 +555,8 @@ class ScaleData:
         return resize_field(residual, self.full_size)
 
 
-def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None):
+def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None,
+                   warmup: int | None = None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
     under autocast to ``amp`` (None: float32; see :func:`amp_for`).
 
@@ -561,7 +565,8 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     one pair does not fit.
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
-    monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=n_steps // 4)
+    warmup = n_steps // 4 if warmup is None else warmup
+    monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=warmup)
     step = 0
     value = float("nan")
     while step < n_steps:
