@@ -416,13 +416,13 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(4)])[:, 8:-8, 8:-8]
     _scripted_scales(monkeypatch)
     warmups = []
-    real = engine.optimise_scale
+    real = engine._Convergence
 
-    def spy(*args, warmup=None, **kwargs):
+    def spy(*args, warmup=0, **kwargs):
         warmups.append(warmup)
         return real(*args, warmup=warmup, **kwargs)
 
-    monkeypatch.setattr(engine, "optimise_scale", spy)
+    monkeypatch.setattr(engine, "_Convergence", spy)
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard)
     events = []
     fields = register(frames, config=config, on_scale=events.append).fields

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from napari_nmsr.core.losses import local_cc_map, ncc_loss, smoothness_loss, VARIANCE_FLOOR
+from napari_nmsr.core.losses import local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss, VARIANCE_FLOOR
 from napari_nmsr.core.metrics import pair_metrics
 
 
@@ -74,3 +74,11 @@ def test_pair_metrics_mse_and_cc():
     mse, cc = pair_metrics(a, b)
     assert mse[0] == 0.0 and abs(mse[1] - 0.01) < 1e-6
     assert cc[0] > 0.999 and cc[1] > 0.999  # CC is offset-invariant
+
+
+def test_pair_masked_mean_is_each_items_mean_inside_its_mask():
+    x = torch.rand(3, 2, 5, 6, generator=torch.Generator().manual_seed(0))
+    m = (torch.rand(3, 1, 5, 6, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    expected = torch.stack([x[i][m[i].expand(2, -1, -1) > 0].mean() for i in range(3)])
+    assert torch.allclose(pair_masked_mean(x, m), expected, atol=1e-6)
+    assert torch.allclose(pair_masked_mean(x, None), x.mean(dim=(1, 2, 3)))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .convention import pixel_grid, resize_field, resize_image, warp
-from .losses import local_cc_map, masked_mean
+from .losses import local_cc_map, masked_mean, pair_masked_mean
 
 __all__ = ["affine_fields", "AFFINE_SIZES", "AFFINE_STEPS"]
 
@@ -101,11 +101,7 @@ def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
     """(N,) bool: the affine field's local CC beats no motion (checked on a <=128 px grid)."""
     size = _level_size(tuple(fixed.shape[-2:]), 128)
     mv, fx = resize_image(moving, size), resize_image(fixed, size)
-    weight = torch.ones_like(fx) if mask is None else (resize_image(mask, size) > 0.5).float()
-
-    def per_pair(cc):  # masked mean of each pair's CC map
-        return (cc * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3)).clamp_min(1.0)
-
-    cc_affine = per_pair(local_cc_map(warp(mv, resize_field(field, size)), fx, radius))
-    cc_identity = per_pair(local_cc_map(mv, fx, radius))
+    weight = None if mask is None else (resize_image(mask, size) > 0.5).float()
+    cc_affine = pair_masked_mean(local_cc_map(warp(mv, resize_field(field, size)), fx, radius), weight)
+    cc_identity = pair_masked_mean(local_cc_map(mv, fx, radius), weight)
     return cc_affine >= cc_identity

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean"]
+__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean",
+           "pair_masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
 
@@ -43,6 +44,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean()
     w = mask.to(x.dtype).expand_as(x)
     return (x * w).sum() / w.sum().clamp_min(1.0)
+
+
+def pair_masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(N,) mean of each item of x (N, C, H, W) over its mask (N, 1, H, W) float weights, or over everything."""
+    w = torch.ones_like(x[:, :1]) if mask is None else mask.to(x.dtype)
+    return (x * w).sum(dim=(1, 2, 3)) / (w.sum(dim=(1, 2, 3)) * x.shape[1]).clamp_min(1.0)
 
 
 def ncc_loss(warped: torch.Tensor, fixed: torch.Tensor, radius: int = 6, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -42,7 +42,7 @@ from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
-from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, smoothness_loss
+from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .threads import rebalance as rebalance_threads
@@ -399,7 +399,7 @@ def register_iter(
         loss_value, step = float("nan"), 0
         amp = amp_for(config, device, finest=k == len(scales) - 1)
         # A restarted output improves the loss slowly at first: no early stop before half the steps.
-        warmup = n_steps // 2 if restart else n_steps // 4
+        warmup = n_steps // 2 if restart else None
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
@@ -732,9 +732,7 @@ def _mean_shift(a, b, mask, pairs: torch.Tensor, chunk: int = 2) -> torch.Tensor
     out = []
     for i in range(0, len(pairs), chunk):
         p = pairs[i : i + chunk]
-        d = (a[p] - b[p]).norm(dim=1, keepdim=True)
-        w = torch.ones_like(d) if mask is None else mask[p]
-        out.append((d * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
+        out.append(pair_masked_mean((a[p] - b[p]).norm(dim=1, keepdim=True), None if mask is None else mask[p]))
     return torch.cat(out)
 
 
@@ -744,8 +742,7 @@ def _match(warped, fixed, mask, radius, chunk: int = 2) -> torch.Tensor:
     out = []
     for i in range(0, warped.shape[0], chunk):
         cc = local_cc_map(warped[i : i + chunk], fixed[i : i + chunk], radius)
-        w = torch.ones_like(cc) if mask is None else mask[i : i + chunk]
-        out.append((cc * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
+        out.append(pair_masked_mean(cc, None if mask is None else mask[i : i + chunk]))
     return torch.cat(out)
 
 
