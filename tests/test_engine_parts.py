@@ -451,3 +451,23 @@ def test_a_scale_after_a_rejected_one_restarts_the_output_layer_only_then():
     assert float(net.flow.bias.detach().abs().max()) == 1.0
     assert engine._network_for_scale(2, 0.5, net, config, None, restart=True) is net
     assert float(net.flow.bias.detach().abs().max()) == 0.0 and float(net.flow.weight.detach().abs().max()) < 1e-3
+
+
+def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
+    # smoothness may be one weight or one per scale; every optimisation step of scale k uses weight k.
+    big = speckle(80, seed=5, sigma=1.5)
+    frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(3)])[:, 8:-8, 8:-8]
+    seen = []
+    real = engine._step
+
+    def spy(*args, smoothness=None, **kwargs):
+        seen.append(smoothness)
+        return real(*args, smoothness=smoothness, **kwargs)
+
+    monkeypatch.setattr(engine, "_step", spy)
+    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False, patience=0,
+                                smoothness=(5, 20, 80))
+    register(frames, config=config)
+    assert seen == [5.0, 5.0, 20.0, 20.0, 80.0, 80.0]
+    assert RegistrationConfig(smoothness=7).smoothness_for(3) == 7.0
+    assert RegistrationConfig(variant="nmsr", smoothness=(5, 20, 80)).smoothness_for(0) == 80.0

@@ -26,7 +26,7 @@ MAIN_FORM_FIELDS = ("variant", "scales", "steps", "device", "weights")
 
 _TIPS = {
     "lr": "Adam learning rate",
-    "smoothness": "Weight of the smoothness term (higher = smoother field)",
+    "smoothness": "Weight of the smoothness term (higher = smoother field): one value, or one per scale",
     "ncc_radius": "Half-size (px) of the local-NCC window",
     "batch_size": "Frame pairs per step (blank = automatic; halved on out-of-memory)",
     "amp": "Mixed precision (blank = automatic: a GPU's coarse scales only; true = every scale, also on CPU; false = off)",
@@ -80,6 +80,17 @@ def _parse(text: str, kind):
     return kind(text)
 
 
+def _scalar_or_tuple(annotation) -> bool:
+    """``X | tuple[X, ...]``: one value, or one per scale."""
+    args = typing.get_args(annotation)
+    return (typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 2
+            and typing.get_origin(args[1]) is tuple and typing.get_args(args[1])[0] is args[0])
+
+
+def _text(value) -> str:
+    return ", ".join(f"{v:g}" for v in value) if isinstance(value, (tuple, list)) else f"{value:g}"
+
+
 class ConfigForm(widgets.Container):
     """magicgui Container: one widget per advanced RegistrationConfig field; ``values()`` -> config kwargs."""
 
@@ -93,6 +104,9 @@ class ConfigForm(widgets.Container):
             if name in _CHOICES:
                 widget = widgets.ComboBox(choices=_CHOICES[name], value=default, name=name, label=label, tooltip=tip)
                 self._kinds[name] = ("plain", inner)
+            elif _scalar_or_tuple(inner):  # one value or one per scale (smoothness): a text box
+                widget = widgets.LineEdit(value=_text(default), name=name, label=label, tooltip=tip)
+                self._kinds[name] = ("scalar_or_tuple", typing.get_args(inner)[0])
             elif optional or typing.get_origin(inner) is not None:  # Optional scalar, or a tuple: a text box
                 item = typing.get_args(inner)[0] if typing.get_origin(inner) is tuple else inner
                 text = "" if default is None else (
@@ -124,6 +138,11 @@ class ConfigForm(widgets.Container):
             try:
                 if how == "optional":
                     out[name] = None if not str(value).strip() else _parse(str(value), kind)
+                elif how == "scalar_or_tuple":
+                    parts = [_parse(p, kind) for p in str(value).replace(";", ",").split(",") if p.strip()]
+                    if not parts:
+                        raise ValueError("expected one number, or one per scale separated by commas")
+                    out[name] = parts[0] if len(parts) == 1 else tuple(parts)
                 else:
                     out[name] = tuple(_parse(p, kind) for p in str(value).replace(";", ",").split(",") if p.strip())
             except ValueError as exc:
@@ -139,5 +158,7 @@ class ConfigForm(widgets.Container):
                 self[name].value = value
             elif how == "optional":
                 self[name].value = "" if value is None else str(value)
+            elif how == "scalar_or_tuple":
+                self[name].value = _text(value)
             else:
                 self[name].value = ", ".join(str(v) for v in value)

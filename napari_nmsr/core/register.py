@@ -120,7 +120,7 @@ class RegistrationConfig:
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     steps: int | tuple[int, ...] = PRESETS["default"]["steps"]
     lr: float = 1e-3
-    smoothness: float = 50.0
+    smoothness: float | tuple[float, ...] = 50.0
     ncc_radius: int = 6
     batch_size: int | None = None
     device: str = "auto"
@@ -151,6 +151,10 @@ class RegistrationConfig:
         self.scales = scales
         if self.variant == "nmsr_v" and not self.weights:
             raise ValueError("variant nmsr_v needs a weights file (see `nmsr train`)")
+        if isinstance(self.smoothness, (list, tuple)):
+            self.smoothness = tuple(float(v) for v in self.smoothness)
+        else:
+            self.smoothness = float(self.smoothness)
         if isinstance(self.steps, (list, tuple)):
             self.steps = tuple(int(s) for s in self.steps)
         else:
@@ -178,6 +182,14 @@ class RegistrationConfig:
             work = sum(n * s * s for n, s in zip(steps, self.scales))
             return max(1, round(work / self.scales[-1] ** 2))
         return self.steps[min(index, len(self.steps) - 1)]
+
+    def smoothness_for(self, index: int) -> float:
+        """Regulariser weight for scale ``index`` of ``effective_scales`` (one value, or one per scale)."""
+        if isinstance(self.smoothness, float):
+            return self.smoothness
+        if self.variant == "nmsr":
+            return self.smoothness[-1]
+        return self.smoothness[min(index, len(self.smoothness) - 1)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -400,7 +412,8 @@ def register_iter(
         amp = amp_for(config, device, finest=k == len(scales) - 1)
         # A restarted output improves the loss slowly at first: no early stop before half the steps.
         warmup = n_steps // 2 if restart else None
-        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup):
+        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup,
+                                                   smoothness=config.smoothness_for(k)):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
         new_field = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
@@ -556,7 +569,7 @@ class ScaleData:
 
 
 def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None,
-                   warmup: int | None = None):
+                   warmup: int | None = None, smoothness: float | None = None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
     under autocast to ``amp`` (None: float32; see :func:`amp_for`).
 
@@ -566,6 +579,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     warmup = n_steps // 4 if warmup is None else warmup
+    smoothness = config.smoothness_for(0) if smoothness is None else smoothness
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=warmup)
     step = 0
     value = float("nan")
@@ -579,7 +593,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
         crop = training_crop(tuple(data.moving.shape[-2:]), device, config)
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
-            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window)
+            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window, smoothness=smoothness)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
@@ -641,7 +655,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None))) -> torch.Tensor:
+def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None)),
+          smoothness: float | None = None) -> torch.Tensor:
     wy, wx = window
     mv, fx = moving[idx][..., wy, wx], fixed[idx][..., wy, wx]
     mk = None if mask is None else mask[idx][..., wy, wx]
@@ -650,7 +665,8 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
         field = net(mv, fx)
     field = gaussian_smooth(field.float(), config.field_sigma)  # NCC sums and warping stay in float32
     regulariser = REGULARISERS[config.regulariser]
-    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + config.smoothness * regulariser(field)
+    smoothness = config.smoothness_for(0) if smoothness is None else smoothness
+    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + smoothness * regulariser(field)
     if not torch.isfinite(loss):
         raise SequenceError("the optimisation diverged (loss is not finite); check the frames for corrupt values")
     loss.backward()

@@ -20,7 +20,7 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert {w.name for w in form} == expected  # nothing of the engine's config is missing
     defaults = RegistrationConfig()
     assert widget.registration.config().smoothness == defaults.smoothness
-    form["smoothness"].value = 3.5
+    form["smoothness"].value = "3.5"
     form["ncc_radius"].value = 4
     form["batch_size"].value = "2"
     form["seed"].value = ""
@@ -28,6 +28,12 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     config = widget.registration.config()
     assert (config.smoothness, config.ncc_radius, config.batch_size, config.seed) == (3.5, 4, 2, None)
     assert config.encoder == (8, 16, 16, 16) and config.lr == defaults.lr
+    form["smoothness"].value = "50, 50, 200, 400"  # one weight per scale
+    assert widget.registration.config().smoothness_for(2) == 200.0
+    form["smoothness"].value = "fifty"
+    with pytest.raises(ValueError, match="smoothness"):
+        widget.registration.config()
+    form["smoothness"].value = "3.5"
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
