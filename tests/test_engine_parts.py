@@ -1,6 +1,7 @@
 """The engine's newer parts: bending regulariser, affine stage, region of interest, estimate, threads, ETA."""
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,28 @@ def test_estimate_covers_every_stage_and_reads_as_seconds():
     # More steps must mean a longer estimate.
     longer = estimate_seconds(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(200, 100), affine=True, affine_steps=(10, 5, 5)))
     assert longer.total_s > est.total_s
+
+
+def test_estimate_counts_the_full_resolution_work_that_closes_each_scale(monkeypatch):
+    # The guard's match, the metrics and the copy into the result run once per scale over every
+    # pair at full resolution; an estimate of the steps alone was a third to a half short on
+    # 768x1024 cines. Slow the metrics down by a known amount: the estimate must grow by it at
+    # every scale, scaled from the calibration pairs to all pairs.
+    import napari_nmsr.core.metrics as metrics
+
+    frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False)
+    base = estimate_seconds(frames, None, cfg)
+    real = metrics.pair_metrics
+
+    def slow(*args, **kwargs):
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "pair_metrics", slow)
+    slowed = estimate_seconds(frames, None, cfg)
+    extra = [b - a for a, b in zip(base.stages_s[1:], slowed.stages_s[1:])]
+    assert all(0.15 < e < 0.6 for e in extra), extra  # 0.1 s x 8 / 4 pairs = 0.2 s per scale
 
 
 def test_progress_reports_work_weighted_fraction_and_eta():

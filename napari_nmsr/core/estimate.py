@@ -3,8 +3,10 @@
 A sonographer should see "about 25 s" before pressing Run, not discover it.
 The estimate times the real work on the real frames for a moment: two
 optimisation steps at every scale (the second is kept: the first pays for
-allocation), one forward pass per scale for the final fields, and a few
-steps of the affine stage, then multiplies by the planned step counts and
+allocation), one forward pass per scale for the final fields, a few
+steps of the affine stage, and the full-resolution work that closes every
+scale (composing and warping every pair, the guard's match, the metrics,
+the copy into the result), then multiplies by the planned step counts and
 frame pairs. Early stopping can only make the run shorter, so the estimate
 leans to the long side. It costs about a second on a CPU.
 """
@@ -55,7 +57,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     n_pairs = frames.shape[0] - 1
     # Calibrate on at most a few pairs; per-pair costs scale linearly.
     sample = min(n_pairs, 4) + 1
-    box, moving, fixed, mask_full, _ = engine.prepare_inputs(frames[:sample], None if mask is None else mask[:sample], config, device)
+    box, moving, fixed, mask_full, score_mask = engine.prepare_inputs(frames[:sample], None if mask is None else mask[:sample], config, device)
     stages = []
     # One-time costs (kernels, thread pools) would otherwise be charged to the first timed step.
     warm = moving[:1]
@@ -70,6 +72,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append((time.perf_counter() - t0) * factor * n_pairs / moving.shape[0])
     else:
         stages.append(0.0)
+    finish_s = _finish_seconds(box, moving, fixed, mask_full, score_mask, frames.shape, config, device) * n_pairs / moving.shape[0]
     state = {"divisor": 1}
     gen = torch.Generator().manual_seed(0)
     net = None
@@ -94,8 +97,35 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
             net(data.moving[:1], data.fixed[:1])
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs
-        stages.append(step_s * config.steps_for(k) + infer_s)
+        stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
     return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)
+
+
+@torch.no_grad()
+def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, device) -> float:
+    """Seconds of the full-resolution work after one scale's steps, for the calibration pairs.
+
+    The same calls as :func:`register.register_iter`: compose and warp every
+    pair, the guard's match and shift, the per-pair metrics, and the copy of
+    the field into the full frame. On a 768x1024 cine without a mask this is
+    several seconds per scale, which an estimate of the steps alone missed.
+    """
+    from .convention import compose, warp
+    from .metrics import pair_metrics
+    from .roi import paste_field
+    from . import register as engine
+
+    field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
+    t0 = time.perf_counter()
+    new_field = compose(field, field)
+    warped = engine._chunked(warp, moving, new_field)
+    if config.guard:
+        engine._match(warped, fixed, mask_full, config.ncc_radius)
+        engine._mean_shift(new_field, field, mask_full, torch.arange(moving.shape[0], device=device))
+    pair_metrics(warped, fixed, score_mask)
+    paste_field(new_field.cpu().numpy(), box, np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32))
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def _replicate(data, n_pairs: int):
