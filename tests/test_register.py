@@ -139,12 +139,12 @@ def test_out_of_memory_halves_batch_then_gives_clear_error(monkeypatch):
     real_step = engine._step
     seen = []
 
-    def flaky(net, opt, moving, fixed, mask, idx, *a):
+    def flaky(net, opt, moving, fixed, mask, idx, *a, **kw):
         n = moving[idx].shape[0]
         seen.append(n)
         if n > 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(net, opt, moving, fixed, mask, idx, *a)
+        return real_step(net, opt, moving, fixed, mask, idx, *a, **kw)
 
     monkeypatch.setattr(engine, "_step", flaky)
     res = register(frames, config=small_config(steps=2))
