@@ -80,6 +80,11 @@ def _parse(text: str, kind):
     return kind(text)
 
 
+def _parse_list(text, kind) -> tuple:
+    """'1, 2; 3' -> (1, 2, 3) of ``kind``."""
+    return tuple(_parse(p, kind) for p in str(text).replace(";", ",").split(",") if p.strip())
+
+
 def _scalar_or_tuple(annotation) -> bool:
     """``X | tuple[X, ...]``: one value, or one per scale."""
     args = typing.get_args(annotation)
@@ -139,12 +144,12 @@ class ConfigForm(widgets.Container):
                 if how == "optional":
                     out[name] = None if not str(value).strip() else _parse(str(value), kind)
                 elif how == "scalar_or_tuple":
-                    parts = [_parse(p, kind) for p in str(value).replace(";", ",").split(",") if p.strip()]
+                    parts = _parse_list(value, kind)
                     if not parts:
                         raise ValueError("expected one number, or one per scale separated by commas")
-                    out[name] = parts[0] if len(parts) == 1 else tuple(parts)
+                    out[name] = parts[0] if len(parts) == 1 else parts
                 else:
-                    out[name] = tuple(_parse(p, kind) for p in str(value).replace(";", ",").split(",") if p.strip())
+                    out[name] = _parse_list(value, kind)
             except ValueError as exc:
                 raise ValueError(f"Advanced setting '{name.replace('_', ' ')}': {exc}") from None
         return out

@@ -5,8 +5,8 @@ The estimate times the real work on the real frames for a moment: two
 optimisation steps at every scale (the second is kept: the first pays for
 allocation), one forward pass per scale for the final fields, a few
 steps of the affine stage, and the full-resolution work that closes every
-scale (composing and warping every pair, the guard's match, the metrics,
-the copy into the result), then multiplies by the planned step counts and
+scale (composing and warping every pair, the guard, the metrics, the
+copy into the result), then multiplies by the planned step counts and
 frame pairs. Early stopping can only make the run shorter, so the estimate
 leans to the long side. It costs about a second on a CPU.
 """
@@ -105,25 +105,19 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
 def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, device) -> float:
     """Seconds of the full-resolution work after one scale's steps, for the calibration pairs.
 
-    The same calls as :func:`register.register_iter`: compose and warp every
-    pair, the guard's match and shift, the per-pair metrics, and the copy of
-    the field into the full frame. On a 768x1024 cine without a mask this is
+    The engine's own calls (compose, then :func:`register._settle_scale` and
+    :func:`register._report_scale`). On a 768x1024 cine without a mask this is
     several seconds per scale, which an estimate of the steps alone missed.
     """
-    from .convention import compose, warp
-    from .metrics import pair_metrics
-    from .roi import paste_field
     from . import register as engine
+    from .convention import compose
 
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
+    match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None  # once per run
     t0 = time.perf_counter()
     new_field = compose(field, field)
-    warped = engine._chunked(warp, moving, new_field)
-    if config.guard:
-        engine._match(warped, fixed, mask_full, config.ncc_radius)
-        engine._mean_shift(new_field, field, mask_full, torch.arange(moving.shape[0], device=device))
-    pair_metrics(warped, fixed, score_mask)
-    paste_field(new_field.cpu().numpy(), box, np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32))
+    warped, _, _ = engine._settle_scale(new_field, field, moving, match, moving, fixed, mask_full, config)
+    engine._report_scale(new_field, warped, fixed, score_mask, box, np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32))
     _sync(device)
     return time.perf_counter() - t0
 

@@ -417,16 +417,13 @@ def register_iter(
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
         new_field = compose(field_full, data.residual_full(net, batch_for(data, config, device, state), config.field_sigma, amp))
-        with torch.no_grad():  # one warp serves the guard, the metrics and the next scale's input
-            new_warped = _chunked(warp, moving_full, new_field)
-            if config.guard:
-                match, worse = _guard(new_field, new_warped, field_full, warped_full, match, fixed_full, mask_full, config.ncc_radius)
-        field_full, warped_full = new_field, new_warped
-        del new_field, new_warped
-        mse, cc = pair_metrics(warped_full, fixed_full, score_mask)
+        warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
+                                                  mask_full, config)
+        field_full = new_field
+        del new_field
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
-        field_out = paste_field(field_full.cpu().numpy(), box, out)
+        mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
                         None if worse is None else worse.cpu().numpy())
 
@@ -579,7 +576,6 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
     warmup = n_steps // 4 if warmup is None else warmup
-    smoothness = config.smoothness_for(0) if smoothness is None else smoothness
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=warmup)
     step = 0
     value = float("nan")
@@ -718,6 +714,25 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     disk = (yy * yy + xx * xx) <= radius * radius
     return np.stack([ndimage.binary_dilation(m, disk) for m in mask])
+
+
+@torch.no_grad()
+def _settle_scale(new_field, old_field, old_warped, match, moving, fixed, mask, config):
+    """Warp every pair once by a scale's composed field (that warp serves the guard, the metrics and
+    the next scale's input), then let the guard keep, in place, the previous field of the pairs the
+    scale made worse. Returns (warped, each pair's match or None, kept pairs or None)."""
+    new_warped = _chunked(warp, moving, new_field)
+    worse = None
+    if config.guard:
+        match, worse = _guard(new_field, new_warped, old_field, old_warped, match, fixed, mask, config.ncc_radius)
+    return new_warped, match, worse
+
+
+@torch.no_grad()
+def _report_scale(field, warped, fixed, score_mask, box: Box, out: np.ndarray):
+    """A finished scale's per-pair (MSE, mean CC) and its field pasted into the full-frame ``out``."""
+    mse, cc = pair_metrics(warped, fixed, score_mask)
+    return mse, cc, paste_field(field.cpu().numpy(), box, out)
 
 
 @torch.no_grad()
