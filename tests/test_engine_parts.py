@@ -413,7 +413,7 @@ def _scripted_scales(monkeypatch):
     wrong 1.5 px jump to pair 0; later scales add nothing."""
     calls = {"n": 0}
 
-    def residual_full(self, net, batch, sigma=0.0, amp=None):
+    def residual(self, net, batch, sigma=0.0, amp=None):
         calls["n"] += 1
         n = self.moving.shape[0]
         out = torch.zeros(n, 2, *self.full_size)
@@ -425,7 +425,7 @@ def _scripted_scales(monkeypatch):
             out[0, 0] = 1.5  # more than GUARD_MAX_SHIFT: motion the guard does not judge
         return out
 
-    monkeypatch.setattr(engine.ScaleData, "residual_full", residual_full)
+    monkeypatch.setattr(engine.ScaleData, "residual", residual)
 
 
 @pytest.mark.parametrize("guard", [True, False])
@@ -492,3 +492,18 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     assert seen == [5.0, 5.0, 20.0, 20.0, 80.0, 80.0]
     assert RegistrationConfig(smoothness=7).smoothness_for(3) == 7.0
     assert RegistrationConfig(variant="nmsr", smoothness=(5, 20, 80)).smoothness_for(0) == 80.0
+
+
+def test_compose_resized_equals_composing_all_pairs_at_once():
+    # The engine composes a scale's residual chunk by chunk (no full-frame temporaries); the
+    # field must be the one compose(previous, resize_field(residual)) gives for all pairs at once.
+    from napari_nmsr.core.convention import compose, resize_field
+
+    g = torch.Generator().manual_seed(3)
+    previous = 3 * gaussian_smooth(torch.randn(5, 2, 48, 64, generator=g), 3.0)
+    residual = 2 * gaussian_smooth(torch.randn(5, 2, 12, 16, generator=g), 1.0)
+    assert previous.shape[0] > engine.CPU_CHUNK and previous.abs().max() > 0.5
+    want = compose(previous, resize_field(residual, (48, 64)))
+    assert torch.allclose(engine.compose_resized(previous, residual), want, atol=1e-5)
+    full = resize_field(residual, (48, 64))  # a residual already on the full grid is used as is
+    assert torch.allclose(engine.compose_resized(previous, full), want, atol=1e-5)

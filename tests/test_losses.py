@@ -82,3 +82,26 @@ def test_pair_masked_mean_is_each_items_mean_inside_its_mask():
     expected = torch.stack([x[i][m[i].expand(2, -1, -1) > 0].mean() for i in range(3)])
     assert torch.allclose(pair_masked_mean(x, m), expected, atol=1e-6)
     assert torch.allclose(pair_masked_mean(x, None), x.mean(dim=(1, 2, 3)))
+
+
+def test_box_mean_matches_window_means_at_edges_and_in_its_gradient():
+    # The CPU running-sum box mean must equal avg_pool2d's shrinking edge windows (the loss's
+    # definition), also when the window is wider than a 12 px coarse scale, and in its gradient.
+    import torch.nn.functional as F
+
+    from napari_nmsr.core.losses import box_mean
+
+    def pooled(x, r):
+        k = 2 * r + 1
+        x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, r), count_include_pad=False)
+        return F.avg_pool2d(x, (k, 1), stride=1, padding=(r, 0), count_include_pad=False)
+
+    g = torch.Generator().manual_seed(0)
+    for shape, r in [((2, 1, 12, 15), 6), ((3, 2, 40, 33), 10), ((1, 1, 300, 700), 6)]:
+        x = torch.rand(shape, generator=g, requires_grad=True)
+        got, want = box_mean(x, r), pooled(x, r)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=1e-6)
+        (g1,) = torch.autograd.grad(got.square().sum(), x)
+        (g2,) = torch.autograd.grad(want.square().sum(), x)
+        assert torch.allclose(g1, g2, atol=1e-5)

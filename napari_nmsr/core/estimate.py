@@ -105,17 +105,16 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
 def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, device) -> float:
     """Seconds of the full-resolution work after one scale's steps, for the calibration pairs.
 
-    The engine's own calls (compose, then :func:`register._settle_scale` and
+    The engine's own calls (:func:`register.compose_resized`, :func:`register._settle_scale`,
     :func:`register._report_scale`). On a 768x1024 cine without a mask this is
     several seconds per scale, which an estimate of the steps alone missed.
     """
     from . import register as engine
-    from .convention import compose
 
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
     match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None  # once per run
     t0 = time.perf_counter()
-    new_field = compose(field, field)
+    new_field = engine.compose_resized(field, field[..., ::2, ::2])
     warped, _, _ = engine._settle_scale(new_field, field, moving, match, moving, fixed, mask_full, config)
     engine._report_scale(new_field, warped, fixed, score_mask, box, np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32))
     _sync(device)

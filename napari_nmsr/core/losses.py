@@ -1,6 +1,6 @@
 """The paper's registration loss: negative local NCC plus lambda * gradient L2.
 
-Local statistics use separable box means (float32, edge windows shrink to the
+Local statistics use separable box means (computed in float32 or better; edge windows shrink to the
 valid part of the image). Variances are floored at ``eps`` so flat regions (the
 black outside of an echo sector) give 0 correlation, never NaN (MONAI #1868).
 """
@@ -17,10 +17,29 @@ VARIANCE_FLOOR = 1e-5
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the (2r+1)^2 window around each pixel of (N, C, H, W), separably."""
+    """Mean over the (2r+1)^2 window around each pixel of (N, C, H, W), separably.
+
+    Edge windows shrink to the valid part of the image. On a CPU as running sums
+    (float64, so long rows lose no precision), 4-7x faster than ``avg_pool2d``,
+    whose CPU kernel dominated the guard and metrics at full resolution; other
+    devices keep ``avg_pool2d`` (fast there, and MPS has no float64).
+    """
+    if x.device.type == "cpu":
+        return _running_mean(_running_mean(x, radius, 3), radius, 2).to(x.dtype)
     k = 2 * radius + 1
     x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
     return F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+
+
+def _running_mean(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Window mean along one dimension (2 or 3) from a cumulative sum, in float64."""
+    n = x.shape[dim]
+    pad = (radius + 1, radius, 0, 0) if dim == 3 else (0, 0, radius + 1, radius)
+    total = torch.cumsum(F.pad(x.double(), pad), dim)
+    sums = total.narrow(dim, 2 * radius + 1, n) - total.narrow(dim, 0, n)
+    i = torch.arange(n, device=x.device)
+    count = (i.clamp(max=radius) + i.flip(0).clamp(max=radius) + 1).double()
+    return sums / count.view([n if d == dim else 1 for d in range(4)])
 
 
 def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VARIANCE_FLOOR) -> torch.Tensor:

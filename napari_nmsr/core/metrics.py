@@ -20,12 +20,13 @@ METRIC_RADIUS = 10
 
 
 @torch.no_grad()
-def pair_metrics(warped, fixed, mask=None, radius: int = METRIC_RADIUS, chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def pair_metrics(warped, fixed, mask=None, radius: int = METRIC_RADIUS, chunk: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """MSE and mean local CC for each pair.
 
     warped, fixed: (N, H, W) or (N, 1, H, W) arrays/tensors in [0, 1];
     mask: same leading shape, bool, or None. Pairs are processed ``chunk`` at
-    a time so long full-resolution sequences fit in memory. Returns two
+    a time so long full-resolution sequences fit in memory (and in cache: at
+    44x768x1024, 2 at a time took 1.7 s, 16 at a time 8.9 s). Returns two
     float64 arrays (N,).
     """
     w = _as4d(warped)

@@ -17,12 +17,12 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .convention import compose, warp
+from .convention import warp
 from .device import pick_device
 from .errors import NMSRError
 from .export import atomic_write
 from .global_motion import affine_fields
-from .register import Progress, RegistrationConfig, ScaleData, amp_for, batch_for, optimise_scale, validate_frames
+from .register import Progress, RegistrationConfig, ScaleData, amp_for, batch_for, compose_resized, optimise_scale, validate_frames
 from .unet import UNet
 
 __all__ = ["train", "load_weights", "WEIGHTS_FORMAT"]
@@ -69,7 +69,7 @@ def train(
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
-        fields = [compose(f, d.residual_full(net, batch_for(d, config, device, state), config.field_sigma, amp)) for f, d in zip(fields, datas)]
+        fields = [compose_resized(f, d.residual(net, batch_for(d, config, device, state), config.field_sigma, amp)) for f, d in zip(fields, datas)]
     payload = {
         "format": WEIGHTS_FORMAT,
         "scales": list(scales),
