@@ -419,7 +419,8 @@ def register_iter(
                                                    smoothness=config.smoothness_for(k)):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
-        new_field = compose_resized(field_full, data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp))
+        batch = batch_for(data, config, device, state)
+        new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs))
         warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                   mask_full, config)
         field_full = new_field
@@ -552,8 +553,9 @@ class ScaleData:
         return cls(moving, fixed, mask, tuple(warped_full.shape[-2:]))
 
     @torch.no_grad()
-    def residual(self, net, batch: int, sigma: float = 0.0, amp: torch.dtype | None = None) -> torch.Tensor:
-        """The network's field for every pair, on this scale's grid (in the training's precision);
+    def residual(self, net, batch: int, sigma: float = 0.0, amp: torch.dtype | None = None,
+                 pairs: slice = slice(None)) -> torch.Tensor:
+        """The network's field for ``pairs``, on this scale's grid (in the training's precision);
         :func:`compose_resized` brings it to full resolution."""
         net.eval()
         device = self.moving.device
@@ -563,24 +565,27 @@ class ScaleData:
                 return gaussian_smooth(net(a, b).float(), sigma)
 
         try:
-            return _chunked(infer, self.moving, self.fixed, chunk=max(1, batch))
+            return _chunked(infer, self.moving[pairs], self.fixed[pairs], chunk=max(1, batch))
         finally:
             net.train()
 
 
 @torch.no_grad()
-def compose_resized(previous: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch.Tensor]) -> torch.Tensor:
     """``compose(previous, residual resized to previous's grid)``, a few pairs at a time.
 
-    The same field as composing all pairs at once, without the full-frame
-    temporaries (the resized residual, the sampling grid, the warped field:
-    each 277 MB at 44 pairs of 768x1024).
+    ``residual_of(pairs)`` gives the residual of those pairs on any grid (the
+    network's inference for them). The same field as composing all pairs at
+    once, without the full-frame temporaries (the residual, the sampling grid,
+    the warped field, the network's activations: at 44 pairs of 768x1024 each
+    field-sized one is 277 MB).
     """
     out = torch.empty_like(previous)
     size = tuple(previous.shape[-2:])
     chunk = CPU_CHUNK if previous.device.type == "cpu" else 32
     for i in range(0, previous.shape[0], chunk):
-        out[i : i + chunk] = compose(previous[i : i + chunk], resize_field(residual[i : i + chunk], size))
+        pairs = slice(i, i + chunk)
+        out[pairs] = compose(previous[pairs], resize_field(residual_of(pairs), size))
     return out
 
 

@@ -69,7 +69,8 @@ def train(
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
-        fields = [compose_resized(f, d.residual(net, batch_for(d, config, device, state), config.field_sigma, amp)) for f, d in zip(fields, datas)]
+        fields = [compose_resized(f, lambda pairs, d=d: d.residual(net, batch_for(d, config, device, state), config.field_sigma, amp, pairs))
+                  for f, d in zip(fields, datas)]
     payload = {
         "format": WEIGHTS_FORMAT,
         "scales": list(scales),
