@@ -86,3 +86,26 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - older or unusual builds
         return False
+
+
+def release_host_memory() -> None:
+    """Give freed host memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Torch's CPU tensors come from malloc. After a scale's full-resolution work,
+    freed buffers can stay in the process's heap, so its resident memory keeps
+    the high-water mark of every scale. No-op where glibc is absent.
+    """
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .convention import compose, resize_field, resize_image, warp
-from .device import amp_dtype, describe_device, is_out_of_memory, pick_device
+from .device import amp_dtype, describe_device, is_out_of_memory, pick_device, release_host_memory
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
@@ -428,6 +428,8 @@ def register_iter(
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
         mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
+        if device.type == "cpu":
+            release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
                         None if worse is None else worse.cpu().numpy())
 
