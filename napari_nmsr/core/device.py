@@ -6,9 +6,13 @@ Nothing in napari-nmsr hard-codes a device; every entry point takes
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+
 import torch
 
-__all__ = ["available_devices", "pick_device", "describe_device", "is_out_of_memory", "amp_dtype"]
+__all__ = ["available_devices", "pick_device", "describe_device", "is_out_of_memory", "amp_dtype", "release_host_memory"]
 
 
 def available_devices() -> list[str]:
@@ -93,19 +97,17 @@ def release_host_memory() -> None:
 
     Torch's CPU tensors come from malloc. After a scale's full-resolution work,
     freed buffers can stay in the process's heap, so its resident memory keeps
-    the high-water mark of every scale. No-op where glibc is absent.
+    the high-water mark of every scale.
     """
-    global _TRIM
-    if _TRIM is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_TRIM = None
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None

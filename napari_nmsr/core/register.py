@@ -428,8 +428,7 @@ def register_iter(
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
         mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
-        if device.type == "cpu":
-            release_host_memory()
+        release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
                         None if worse is None else worse.cpu().numpy())
 
@@ -584,7 +583,7 @@ def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch
     """
     out = torch.empty_like(previous)
     size = tuple(previous.shape[-2:])
-    chunk = CPU_CHUNK if previous.device.type == "cpu" else 32
+    chunk = _pairs_at_once(previous.device)
     for i in range(0, previous.shape[0], chunk):
         pairs = slice(i, i + chunk)
         out[pairs] = compose(previous[pairs], resize_field(residual_of(pairs), size))
@@ -804,10 +803,14 @@ def _match(warped, fixed, mask, radius, chunk: int = 2) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _pairs_at_once(device: torch.device, chunk: int = 32) -> int:
+    """Full-resolution pairs processed at once: ``chunk``, at most CPU_CHUNK on a CPU."""
+    return min(chunk, CPU_CHUNK) if device.type == "cpu" else chunk
+
+
 def _chunked(fn, a, b, chunk: int = 32):
-    """fn over the pairs of a and b, ``chunk`` at a time (at most CPU_CHUNK on a CPU)."""
-    if a.device.type == "cpu":
-        chunk = min(chunk, CPU_CHUNK)
+    """fn over the pairs of a and b, :func:`_pairs_at_once` at a time."""
+    chunk = _pairs_at_once(a.device, chunk)
     return torch.cat([fn(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.shape[0], chunk)])
 
 
