@@ -316,6 +316,9 @@ def test_paper_preset_keeps_the_papers_loss():
     assert paper.steps == (3500, 3500, 3500, 3500)
     with pytest.raises(ValueError):
         RegistrationConfig(regulariser="nope")
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="guard_gain"):
+            RegistrationConfig(guard_gain=bad)
 
 
 def test_mask_with_nan_or_other_values_is_refused():
@@ -458,6 +461,32 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     else:
         assert events[1].kept_previous is None
         assert 0.2 < noise < engine.GUARD_MAX_SHIFT
+
+
+@pytest.mark.parametrize("gain, kept", [(0.05, [False, True]), (0.0, [False, False])])
+def test_guard_keeps_the_previous_field_when_a_refinement_removes_too_little_dissimilarity(gain, kept):
+    # Both pairs start 0.2 px short of the true 2 px shift. Pair 0 is refined to 1.9 px (removes ~30 %
+    # of the dissimilarity 1 - match), pair 1 to 1.802 px (~1 %, what a noise fit gives): at
+    # guard_gain 0.05 pair 1 keeps its previous field, at 0 any improvement is taken.
+    big = speckle(80, seed=5, sigma=1.5)
+    fixed = torch.from_numpy(np.roll(big, -2, axis=1)[8:-8, 8:-8])[None, None].repeat(2, 1, 1, 1)
+    moving = torch.from_numpy(big[8:-8, 8:-8])[None, None].repeat(2, 1, 1, 1)
+
+    def shift(*values):
+        f = torch.zeros(2, 2, 64, 64)
+        f[:, 1] = torch.tensor(values).view(2, 1, 1)
+        return f
+
+    old, new = shift(1.8, 1.8), shift(1.9, 1.802)
+    old_warped, new_warped = warp(moving, old), warp(moving, new)
+    old_match = engine._match(old_warped, fixed, None, 6)
+    match, worse = engine._guard(new, new_warped, old, old_warped, old_match, fixed, None, 6, gain)
+    assert worse.tolist() == kept
+    assert torch.allclose(new[0], shift(1.9, 0)[0])  # the clear refinement is taken either way
+    assert torch.allclose(new[1], old[1]) == kept[1]
+    assert torch.equal(new_warped[1], old_warped[1]) == kept[1]
+    assert bool(match[0] > old_match[0]) and (bool(match[1] == old_match[1]) == kept[1])
+    assert RegistrationConfig().guard_gain == 0.05  # the default (benchmarks/README.md, eighth session)
 
 
 def test_a_scale_after_a_rejected_one_restarts_the_output_layer_only_then():

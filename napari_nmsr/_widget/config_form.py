@@ -40,7 +40,9 @@ _TIPS = {
                    "diffusion: the paper's |grad u|^2",
     "affine": "Find each pair's affine (probe) motion first, then register what is left",
     "affine_steps": "Adam steps of the affine stage per pyramid level (32, 64, 128 px)",
-    "guard": "Keep a pair's previous field when a scale makes its full-resolution match worse",
+    "guard": "Keep a pair's previous field when a scale does not clearly improve its full-resolution match",
+    "guard_gain": "Guard: share of a pair's remaining dissimilarity (1 - match) a sub-pixel refinement must remove "
+                  "to be kept (0 = any improvement)",
     "crop": "Register only the mask's box (or the echo sector) plus a margin",
     "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",
     "pixels_per_step": "Pixels per optimisation step (blank = the device's default)",
