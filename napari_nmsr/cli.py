@@ -18,6 +18,7 @@ from pathlib import Path
 from .cli_checks import (
     OneLineParser,
     check_outputs_distinct,
+    config_setting,
     deferred_interrupt,
     output_file,
     positive_int,
@@ -79,6 +80,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", default="0.125,0.25,0.5,1", help="comma-separated scales, coarse to fine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch, >= 1 (default: every available core)")
+    p.add_argument("--set", dest="settings", type=config_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other engine setting (a RegistrationConfig field), after the preset; repeatable, "
+                        "e.g. --set guard_gain=0 --set 'smoothness=(50,50,400,400)'")
 
 
 def _config(args, **extra):
@@ -87,6 +91,7 @@ def _config(args, **extra):
     preset = dict(PRESETS[args.preset])
     if args.steps is not None:
         preset["steps"] = args.steps
+    preset.update(dict(getattr(args, "settings", None) or []))
     scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
     return RegistrationConfig(variant=args.variant, device=args.device, scales=scales, seed=args.seed, **preset, **extra)
 

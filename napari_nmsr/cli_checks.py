@@ -45,6 +45,40 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: RegistrationConfig fields the command line sets with their own options, not with --set.
+OWN_OPTIONS = {"variant": "--variant", "device": "--device", "steps": "--steps", "scales": "--scales",
+               "seed": "--seed", "weights": "--weights"}
+
+
+def config_setting(text: str) -> tuple[str, object]:
+    """argparse ``type=`` for ``--set KEY=VALUE``: one RegistrationConfig field.
+
+    VALUE is a Python literal (``0``, ``0.05``, ``(50,50,400,400)``, ``False``,
+    ``'bending'``); anything else is taken as a string. The field's own checks
+    run when the config is built.
+    """
+    import ast
+    import dataclasses
+
+    from .core.register import RegistrationConfig
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    names = [f.name for f in dataclasses.fields(RegistrationConfig)]
+    if key in OWN_OPTIONS:
+        raise argparse.ArgumentTypeError(f"{key} has its own option: use {OWN_OPTIONS[key]}")
+    if key not in names:
+        raise argparse.ArgumentTypeError(
+            f"unknown setting {key!r}; choose from {', '.join(n for n in names if n not in OWN_OPTIONS)}")
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        parsed = value.strip()
+    return key, parsed
+
+
 def positive_int(text: str) -> int:
     """argparse ``type=`` for counts that must be >= 1 (steps, threads)."""
     try:

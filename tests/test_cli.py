@@ -80,3 +80,32 @@ def test_one_frame_input_is_refused(tmp_path, capsys):
     np.save(tmp_path / "one.npy", np.random.default_rng(0).random((1, 32, 32)).astype(np.float32))
     assert main(["register", str(tmp_path / "one.npy"), "--out", str(tmp_path / "r.npz"), *FAST]) == 2
     assert "two frames" in capsys.readouterr().err
+
+
+def test_set_reaches_the_engine_config_after_the_preset(sample, capsys):
+    out = sample / "res_set.npz"
+    args = ["register", str(sample / "frames.npy"), "--out", str(out), *FAST,
+            "--set", "guard_gain=0", "--set", "smoothness=(50, 50)", "--set", "regulariser=diffusion"]
+    assert main(args) == 0
+    config = RegistrationResult.load(out).config
+    assert config["guard_gain"] == 0 and tuple(config["smoothness"]) == (50.0, 50.0)
+    assert config["regulariser"] == "diffusion" and config["affine"] is True  # untouched fields keep the preset's
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("guard_gian=0", "unknown setting 'guard_gian'"),
+    ("steps=5", "use --steps"),
+    ("guard_gain", "expected KEY=VALUE"),
+    ("guard_gain=1.5", "guard_gain must be in [0, 1)"),
+])
+def test_bad_set_is_one_line_and_writes_nothing(setting, needle, sample, capsys):
+    # A bad KEY=VALUE is refused by the parser (SystemExit 2), a bad value by the config (status 2).
+    out = sample / "res_bad_set.npz"
+    try:
+        code = main(["register", str(sample / "frames.npy"), "--out", str(out), *FAST, "--set", setting])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()
