@@ -50,6 +50,8 @@ _TIPS = {
 }
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS)}
+#: Spin-box limits narrower than the defaults (the config refuses values outside them).
+_LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}}
 
 
 def _split_optional(annotation):
@@ -126,6 +128,7 @@ class ConfigForm(widgets.Container):
                     options = {"min": 0.0, "max": 1e6, "step": (abs(default) / 10) if default else 0.1}
                 elif inner is int:
                     options = {"min": 0, "max": 100_000}
+                options.update(_LIMITS.get(name, {}))
                 widget = widgets.create_widget(value=default, annotation=inner, name=name, label=label,
                                                options=options)
                 widget.tooltip = tip

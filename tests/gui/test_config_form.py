@@ -38,6 +38,14 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
     form["batch_size"].value = ""
+    assert widget.registration.config().guard_gain == defaults.guard_gain == 0.05
+    form["guard_gain"].value = 0.0  # weak vortices: any improvement is kept
+    assert widget.registration.config().guard_gain == 0.0
+    assert form["guard_gain"].max == 0.99  # the spin box stops below 1, where the config would refuse it
+    with pytest.raises(ValueError):
+        form["guard_gain"].value = 5.0
+    assert widget.registration.config().guard_gain == 0.0
+    form["guard_gain"].value = defaults.guard_gain
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
