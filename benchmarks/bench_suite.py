@@ -24,7 +24,6 @@ only NMSR is fast. NMSR rows are never cached.
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures as cf
 import datetime
 import hashlib
@@ -372,16 +371,12 @@ def selfcheck() -> bool:
 
 
 def _overrides(items) -> dict:
-    out = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        if not key or not _:
-            raise SystemExit(f"--nmsr-set expects key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+    from napari_nmsr.cli_checks import split_setting
+
+    try:
+        return dict(split_setting(item) for item in items or [])
+    except ValueError as exc:
+        raise SystemExit(f"--nmsr-set: {exc}") from None
 
 
 def parse_args(argv=None):

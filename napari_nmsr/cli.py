@@ -91,7 +91,7 @@ def _config(args, **extra):
     preset = dict(PRESETS[args.preset])
     if args.steps is not None:
         preset["steps"] = args.steps
-    preset.update(dict(getattr(args, "settings", None) or []))
+    preset.update(dict(args.settings))
     scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
     return RegistrationConfig(variant=args.variant, device=args.device, scales=scales, seed=args.seed, **preset, **extra)
 

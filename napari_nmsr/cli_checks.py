@@ -50,33 +50,39 @@ OWN_OPTIONS = {"variant": "--variant", "device": "--device", "steps": "--steps",
                "seed": "--seed", "weights": "--weights"}
 
 
-def config_setting(text: str) -> tuple[str, object]:
-    """argparse ``type=`` for ``--set KEY=VALUE``: one RegistrationConfig field.
-
-    VALUE is a Python literal (``0``, ``0.05``, ``(50,50,400,400)``, ``False``,
-    ``'bending'``); anything else is taken as a string. The field's own checks
-    run when the config is built.
-    """
+def split_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value): VALUE is a Python literal (``0``, ``0.05``,
+    ``(50,50,400,400)``, ``False``, ``'bending'``), anything else a string.
+    ValueError when there is no ``=`` or no key."""
     import ast
+
+    key, sep, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def config_setting(text: str) -> tuple[str, object]:
+    """argparse ``type=`` for ``--set KEY=VALUE``: one RegistrationConfig field
+    (:func:`split_setting`); the field's own checks run when the config is built."""
     import dataclasses
 
     from .core.register import RegistrationConfig
 
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    names = [f.name for f in dataclasses.fields(RegistrationConfig)]
+    try:
+        key, value = split_setting(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if key in OWN_OPTIONS:
         raise argparse.ArgumentTypeError(f"{key} has its own option: use {OWN_OPTIONS[key]}")
+    names = [f.name for f in dataclasses.fields(RegistrationConfig) if f.name not in OWN_OPTIONS]
     if key not in names:
-        raise argparse.ArgumentTypeError(
-            f"unknown setting {key!r}; choose from {', '.join(n for n in names if n not in OWN_OPTIONS)}")
-    try:
-        parsed = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-        parsed = value.strip()
-    return key, parsed
+        raise argparse.ArgumentTypeError(f"unknown setting {key!r}; choose from {', '.join(names)}")
+    return key, value
 
 
 def positive_int(text: str) -> int:
