@@ -72,7 +72,7 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (200, 125, 100, 20)},
+    "default": {"steps": (150, 100, 100, 20)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False, "guard": False},
 }
