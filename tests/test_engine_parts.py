@@ -319,6 +319,27 @@ def test_paper_preset_keeps_the_papers_loss():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="guard_gain"):
             RegistrationConfig(guard_gain=bad)
+    assert paper.min_scale_px == engine.MIN_SCALE_SIZE  # the paper's pyramid: plain 1/8, 1/4, 1/2, 1
+    with pytest.raises(ValueError, match="min_scale_px"):
+        RegistrationConfig(min_scale_px=engine.MIN_SCALE_SIZE - 1)
+
+
+def test_coarse_scales_are_raised_to_min_scale_px_with_the_aspect_kept():
+    # a 128 px box: 1/8 would be a 16 px grid; the default raises it (and 1/4) to 32 px
+    assert RegistrationConfig().min_scale_px == 32
+    sizes = [engine.scale_size((128, 128), s, 32) for s in (0.125, 0.25, 0.5, 1.0)]
+    assert sizes == [(32, 32), (32, 32), (64, 64), (128, 128)]
+    assert engine.scale_size((128, 128), 0.125) == (16, 16)  # without it: the plain scale
+    # an elongated box keeps its shape (the bending term is isotropic); never above full size
+    assert engine.scale_size((40, 200), 0.125, 32) == (32, 160)
+    assert engine.scale_size((20, 30), 0.125, 32) == (20, 30)
+    # large boxes (the echo cines) are not touched
+    assert engine.scale_size((408, 491), 0.125, 32) == (51, 61)
+    # the grid the engine trains on follows the config
+    frames = torch.from_numpy(np.stack([speckle(128, seed=s) for s in range(2)]))[:, None]
+    for px, side in ((32, 32), (12, 16)):
+        data = engine.ScaleData.prepare(frames[:-1], frames[1:], None, 0.125, px)
+        assert tuple(data.moving.shape[-2:]) == (side, side)
 
 
 def test_mask_with_nan_or_other_values_is_refused():
@@ -447,7 +468,9 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
         return real(*args, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(engine, "_Convergence", spy)
-    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard)
+    # min_scale_px: the plain 16/32/64 px grids (the script tells the scales apart by their grid)
+    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard,
+                                min_scale_px=engine.MIN_SCALE_SIZE)
     events = []
     fields = register(frames, config=config, on_scale=events.append).fields
     # After the rejection the next scale restarts and may not stop early before half its steps.

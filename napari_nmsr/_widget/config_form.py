@@ -17,7 +17,7 @@ import typing
 
 from magicgui import widgets
 
-from napari_nmsr.core.register import REGULARISERS, RegistrationConfig
+from napari_nmsr.core.register import MIN_SCALE_SIZE, REGULARISERS, RegistrationConfig
 
 __all__ = ["MAIN_FORM_FIELDS", "ConfigForm", "form_fields"]
 
@@ -43,6 +43,7 @@ _TIPS = {
     "guard": "Keep a pair's previous field when a scale does not clearly improve its full-resolution match",
     "guard_gain": "Guard: share of a pair's remaining dissimilarity (1 - match) a sub-pixel refinement must remove "
                   "to be kept (0 = any improvement)",
+    "min_scale_px": "Shortest side (px) of a coarse scale's grid: 1/8 and 1/4 of a small box are raised to it",
     "crop": "Register only the mask's box (or the echo sector) plus a margin",
     "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",
     "pixels_per_step": "Pixels per optimisation step (blank = the device's default)",
@@ -51,7 +52,7 @@ _TIPS = {
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS)}
 #: Spin-box limits narrower than the defaults (the config refuses values outside them).
-_LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}}
+_LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096}}
 
 
 def _split_optional(annotation):

@@ -203,7 +203,8 @@ class RegistrationSection(QGroupBox):
         if key in STEP_PRESETS:
             self.steps.setText(", ".join(str(n) for n in STEP_PRESETS[key]))
             # The preset's other settings (the paper's loss, its patience 0), or the engine's defaults.
-            engine_defaults = {k: getattr(RegistrationConfig, k) for k in ("patience", "regulariser", "smoothness", "affine", "guard")}
+            preset_keys = {k for settings in PRESET_SETTINGS.values() for k in settings}  # any preset sets them
+            engine_defaults = {k: getattr(RegistrationConfig, k) for k in preset_keys}
             self.advanced.set_values({**engine_defaults, **PRESET_SETTINGS[key]})
 
     def _pick_weights(self):

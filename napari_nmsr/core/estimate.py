@@ -77,7 +77,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     gen = torch.Generator().manual_seed(0)
     net = None
     for k, s in enumerate(config.effective_scales):
-        data = engine.ScaleData.prepare(moving, fixed, mask_full, s)
+        data = engine.ScaleData.prepare(moving, fixed, mask_full, s, config.min_scale_px)
         data = _replicate(data, n_pairs)
         net = engine.UNet(config.encoder, config.decoder).to(device)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)

@@ -63,6 +63,9 @@ __all__ = [
 
 VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
 
+#: Smallest side a scale's grid may have at all (``RegistrationConfig.min_scale_px`` may only raise it).
+MIN_SCALE_SIZE = 12
+
 #: Field regularisers: ``diffusion`` is the paper's lambda * mean|grad u|^2;
 #: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion).
 REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
@@ -74,13 +77,10 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 PRESETS = {
     "default": {"steps": (150, 100, 100, 20)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
-              "affine": False, "guard": False},
+              "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE},
 }
 PRESETS["cpu"] = PRESETS["default"]
 DEFAULT_PRESET = "default"
-
-# Smallest side of a coarse scale; below this the U-Net has nothing to see.
-MIN_SCALE_SIZE = 12
 
 # Pixels (pairs x h x w at the scale being optimised) per step by default.
 # Coarse scales then see every pair each step; fine scales take random
@@ -124,6 +124,13 @@ class RegistrationConfig:
     the match by a share of what is left (as added regressors raise R^2 by a
     share of 1 - R^2), so the test is relative (benchmarks/README.md, eighth
     session: tuning geo-mean 0.921 -> 0.787 at 0.05).
+    ``min_scale_px``: a coarse scale's grid is never shorter than this on
+    the short side of the registered box (the scale is raised, aspect kept;
+    never above full size). At 1/8 a 128-160 px box is a 16-20 px grid, in
+    which a vortex core or a twisting wall is one or two pixels and the
+    U-Net's four poolings leave nothing (benchmarks/README.md, ninth
+    session: tuning geo-mean 0.808 -> 0.725 at 32). Frames whose box is
+    256 px or more are unaffected at the default scales.
     """
 
     variant: str = "nmsr_vi"
@@ -151,6 +158,7 @@ class RegistrationConfig:
     decoder: tuple[int, ...] = (32, 32, 32, 16)
     guard: bool = True
     guard_gain: float = 0.05
+    min_scale_px: int = 32
 
     def __post_init__(self):
         self.variant = self.variant.lower()
@@ -172,6 +180,9 @@ class RegistrationConfig:
             self.steps = int(self.steps)
         self.encoder = tuple(self.encoder)
         self.decoder = tuple(self.decoder)
+        if int(self.min_scale_px) < MIN_SCALE_SIZE:
+            raise ValueError(f"min_scale_px must be at least {MIN_SCALE_SIZE}, got {self.min_scale_px}")
+        self.min_scale_px = int(self.min_scale_px)
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
         if self.regulariser not in REGULARISERS:
@@ -417,7 +428,7 @@ def register_iter(
     worse = None
     for k, s in enumerate(scales):
         started = time.perf_counter()
-        data = ScaleData.prepare(warped_full, fixed_full, mask_full, s)
+        data = ScaleData.prepare(warped_full, fixed_full, mask_full, s, config.min_scale_px)
         restart = worse is not None and bool(worse.any())
         net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
         n_steps = config.steps_for(k)
@@ -477,7 +488,7 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         f = min(1.0, AFFINE_SIZES[-1] / max(size))
         work[0] = 0.3 * n_pairs * size[0] * size[1] * f * f * sum(config.affine_steps) / len(config.affine_steps)
     for k, s in enumerate(config.effective_scales):
-        h, w = scale_size(size, s)
+        h, w = scale_size(size, s, config.min_scale_px)
         crop = training_crop((h, w), device, config)
         px = crop[0] * crop[1] if crop else h * w
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
@@ -538,9 +549,12 @@ def training_crop(size: tuple[int, int], device: torch.device, config=None) -> t
     return None if crop == (h, w) else crop
 
 
-def scale_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """Grid size of a scale (never below MIN_SCALE_SIZE, never above full size)."""
+def scale_size(shape: tuple[int, int], scale: float, min_px: int = MIN_SCALE_SIZE) -> tuple[int, int]:
+    """Grid size of a scale: ``scale`` x shape, raised (aspect kept) until the short side is at
+    least ``min_px`` (``RegistrationConfig.min_scale_px``), never above full size, never a side
+    below MIN_SCALE_SIZE."""
     h, w = shape
+    scale = min(1.0, max(scale, min_px / max(1, min(h, w))))
     return (min(h, max(MIN_SCALE_SIZE, round(h * scale))), min(w, max(MIN_SCALE_SIZE, round(w * scale))))
 
 
@@ -556,8 +570,8 @@ class ScaleData:
 
     @classmethod
     @torch.no_grad()
-    def prepare(cls, warped_full, fixed_full, mask_full, scale: float) -> "ScaleData":
-        size = scale_size(tuple(warped_full.shape[-2:]), scale)
+    def prepare(cls, warped_full, fixed_full, mask_full, scale: float, min_px: int = MIN_SCALE_SIZE) -> "ScaleData":
+        size = scale_size(tuple(warped_full.shape[-2:]), scale, min_px)
         moving = resize_image(warped_full, size)
         fixed = resize_image(fixed_full, size)
         mask = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()

@@ -62,7 +62,7 @@ def train(
     states, state = [], {"divisor": 1}
     for k, s in enumerate(scales):
         with torch.no_grad():
-            datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s) for t, f in zip(tensors, fields)]
+            datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s, config.min_scale_px) for t, f in zip(tensors, fields)]
         n_steps = config.steps_for(k)
         amp = amp_for(config, device, finest=k == len(scales) - 1)
         for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel, amp=amp):

@@ -51,10 +51,15 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
     paper = widget.registration.config()
     assert paper.patience == 0 and paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
+    assert paper.min_scale_px == 12 and form["min_scale_px"].value == 12  # the paper's plain pyramid
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("default"))
     back = widget.registration.config()
     assert back.patience == defaults.patience and back.regulariser == defaults.regulariser
     assert back.affine == defaults.affine
+    assert back.min_scale_px == defaults.min_scale_px == 32
+    form["min_scale_px"].value = 48
+    assert widget.registration.config().min_scale_px == 48
+    assert form["min_scale_px"].min == 12  # the config refuses less
     assert not form.native.isVisibleTo(widget)
     widget.registration.advanced_toggle.setChecked(True)
     assert form.native.isVisibleTo(widget)
