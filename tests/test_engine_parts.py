@@ -150,6 +150,46 @@ def test_crop_to_mask_gives_the_same_field_inside_as_the_whole_frame():
     assert abs(cropped.fields[-1, :, 1][inside].mean() - whole.fields[-1, :, 1][inside].mean()) < 0.5
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_fields_written_in_place_into_the_result_equal_the_copied_ones(monkeypatch, guard):
+    # On a CPU each scale's composed field is written straight into the box of the result's array
+    # (register._box_view) and the next scale reads it from there; the guard restores rejected
+    # pairs in place. The result must be exactly the one of separate tensors copied in at the end,
+    # every scale its own (no scale overwritten by the next), the edges filled as before.
+    frames = np.stack([np.roll(speckle(72, seed=5), 2 * t, axis=1) for t in range(4)])
+    mask = np.zeros(frames.shape, bool)
+    mask[:, 10:40, 12:44] = True
+    cfg = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=6, seed=0, min_scale_px=12, guard=guard)
+    from napari_nmsr.core import threads
+
+    monkeypatch.setitem(threads._auto, "on", False)  # the same torch thread count for both runs
+    in_place = register(frames, mask, cfg).fields
+    calls = []
+    original = engine._box_view
+    monkeypatch.setattr(engine, "_box_view", lambda out, box, device: calls.append(original(out, box, device)))
+    copied = register(frames, mask, cfg).fields
+    assert len(calls) == 3 and all(c is not None for c in calls)  # the in-place path ran on every scale
+    np.testing.assert_array_equal(in_place, copied)
+    if not guard:  # every scale changed the field, and each kept its own
+        assert not np.array_equal(in_place[0], in_place[1]) and not np.array_equal(in_place[1], in_place[2])
+    view = original(np.zeros((1, 2, 8, 9), np.float32), Box((2, 5, 1, 5)), torch.device("cpu"))
+    assert view.shape == (1, 2, 3, 4)
+    assert original(np.zeros((1, 2, 8, 9), np.float32), Box((2, 5, 1, 5)), torch.device("meta")) is None
+
+
+def test_a_cpu_infers_a_large_grid_one_pair_at_a_time():
+    # The U-Net's activations for two 700x950 pairs were the memory peak of an unmasked 768x1024 cine.
+    cpu = torch.device("cpu")
+    assert engine._inference_pairs((700, 950), cpu) == 1
+    assert engine._inference_pairs((128, 128), cpu) == engine.CPU_CHUNK
+    assert engine._inference_pairs((700, 950), torch.device("meta")) == 32  # a GPU keeps its batches
+    seen = []
+    previous = torch.zeros(5, 2, 8, 8)
+    out = engine.compose_resized(previous, lambda pairs: seen.append(pairs) or torch.ones(len(range(5)[pairs]), 2, 8, 8),
+                                 chunk=1)
+    assert len(seen) == 5 and torch.allclose(out, torch.ones_like(out))
+
+
 def test_training_crop_only_when_frames_exceed_the_budget():
     cpu = torch.device("cpu")
     assert engine.training_crop((64, 64), cpu) is None

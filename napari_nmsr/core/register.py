@@ -99,6 +99,10 @@ GUARD_MAX_SHIFT = 1.0
 #: Full-resolution pairs a CPU warps or infers at once: larger chunks leave the cache (45x768x1024:
 #: warping all pairs took 0.37 s 2 at a time, 0.73 s 32 at a time).
 CPU_CHUNK = 2
+#: Bytes of U-Net activations a CPU holds at once when it infers a scale's field (about 48 float32
+#: channels per pixel at the finest level): at 45x768x1024 without a mask two pairs of the 1/1 scale
+#: at once were the run's memory peak (+430 MB over the rest), so large grids go one pair at a time.
+CPU_INFER_BYTES = 2**27
 #: On a GPU the loss is read back (a host synchronisation) every this many steps.
 SYNC_EVERY = 10
 
@@ -441,13 +445,15 @@ def register_iter(
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
         batch = batch_for(data, config, device, state)
-        new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs))
+        shape = (n_pairs, 2, h, w)
+        out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
+        new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
+                                    out=_box_view(out, box, device),
+                                    chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
         warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                   mask_full, config)
         field_full = new_field
         del new_field
-        shape = (n_pairs, 2, h, w)
-        out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
         mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
         release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
@@ -595,19 +601,32 @@ class ScaleData:
             net.train()
 
 
+def _box_view(out: np.ndarray, box: Box, device: torch.device) -> torch.Tensor | None:
+    """On a CPU, the box of a scale's full-frame result array as a tensor sharing its memory: the
+    scale's composed field is written there directly and the next scale reads it from there, so no
+    second box-sized field per scale is held (at 45x768x1024 without a mask each is ~230 MB).
+    None elsewhere (the field lives on the device and is copied out when the scale is done)."""
+    if device.type != "cpu" or not out.flags.writeable:
+        return None
+    sy, sx = box.slices
+    return torch.from_numpy(out)[:, :, sy, sx]
+
+
 @torch.no_grad()
-def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch.Tensor],
+                    out: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
     """``compose(previous, residual resized to previous's grid)``, a few pairs at a time.
 
     ``residual_of(pairs)`` gives the residual of those pairs on any grid (the
     network's inference for them). The same field as composing all pairs at
     once, without the full-frame temporaries (the residual, the sampling grid,
     the warped field, the network's activations: at 44 pairs of 768x1024 each
-    field-sized one is 277 MB).
+    field-sized one is 277 MB). ``out``: where to write it (shape of ``previous``; see :func:`_box_view`);
+    ``chunk``: pairs at a time (default :func:`_pairs_at_once`; see :func:`_inference_pairs`).
     """
-    out = torch.empty_like(previous)
+    out = torch.empty_like(previous) if out is None else out
     size = tuple(previous.shape[-2:])
-    chunk = _pairs_at_once(previous.device)
+    chunk = chunk or _pairs_at_once(previous.device)
     for i in range(0, previous.shape[0], chunk):
         pairs = slice(i, i + chunk)
         out[pairs] = compose(previous[pairs], resize_field(residual_of(pairs), size))
@@ -837,6 +856,15 @@ def _match(warped, fixed, mask, radius, chunk: int = 2) -> torch.Tensor:
 def _pairs_at_once(device: torch.device, chunk: int = 32) -> int:
     """Full-resolution pairs processed at once: ``chunk``, at most CPU_CHUNK on a CPU."""
     return min(chunk, CPU_CHUNK) if device.type == "cpu" else chunk
+
+
+def _inference_pairs(size: tuple[int, int], device: torch.device) -> int:
+    """Pairs whose field the U-Net infers at once on a grid of ``size``: :func:`_pairs_at_once`,
+    and on a CPU no more than CPU_INFER_BYTES of activations (one pair of a large 1/1 scale)."""
+    chunk = _pairs_at_once(device)
+    if device.type == "cpu":
+        chunk = max(1, min(chunk, CPU_INFER_BYTES // (size[0] * size[1] * 48 * 4)))
+    return chunk
 
 
 def _chunked(fn, a, b, chunk: int = 32):
