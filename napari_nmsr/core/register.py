@@ -133,8 +133,9 @@ class RegistrationConfig:
     never above full size). At 1/8 a 128-160 px box is a 16-20 px grid, in
     which a vortex core or a twisting wall is one or two pixels and the
     U-Net's four poolings leave nothing (benchmarks/README.md, ninth
-    session: tuning geo-mean 0.808 -> 0.725 at 32). Frames whose box is
-    256 px or more are unaffected at the default scales.
+    session: tuning geo-mean 0.808 -> 0.734 at 32; the held-out split
+    level). Frames whose box is 256 px or more are unaffected at the
+    default scales.
     """
 
     variant: str = "nmsr_vi"
