@@ -61,13 +61,15 @@ METHODS = ("nmsr", "farneback", "dis", "openpiv", "ants", "zero")
 # --------------------------------------------------------------------------- cases (cached)
 
 
-def _case_path(family: str, seed: int) -> Path:
-    return CACHE / "cases" / f"v{SUITE_VERSION}_{family}_{seed}.npz"
+def _case_path(family: str, seed: int, size: int | None = None) -> Path:
+    tag = f"_{size}px" if size else ""
+    return CACHE / "cases" / f"v{SUITE_VERSION}_{family}_{seed}{tag}.npz"
 
 
-def load_case(family: str, seed: int) -> SimulatedSequence:
-    """The case (family, seed), generated once and then read from the cache."""
-    path = _case_path(family, seed)
+def load_case(family: str, seed: int, size: int | None = None) -> SimulatedSequence:
+    """The case (family, seed), generated once and then read from the cache; ``size``: frames of
+    that many px instead of the family's random size (same seed, same motion parameters)."""
+    path = _case_path(family, seed, size)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
         truth = json.loads(str(z["truth"]))
@@ -76,7 +78,7 @@ def load_case(family: str, seed: int) -> SimulatedSequence:
             name=family, description=str(z["description"]), frames=z["frames"], fields=z["fields"],
             masks=z["masks"], vortex_centres=centres, frame_interval_s=1 / 30, pixel_spacing_mm=(1.0, 1.0),
             truth=truth)
-    seq = FAMILIES[family](seed)
+    seq = FAMILIES[family](seed, size=size) if size else FAMILIES[family](seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
     np.savez_compressed(tmp, frames=seq.frames, fields=seq.fields, masks=seq.masks,
@@ -127,16 +129,18 @@ def _anchor_key(method: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bool = True) -> dict:
+def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bool = True,
+                size: int | None = None) -> dict:
     """One anchor on one case: cached row (metrics and cost)."""
-    path = CACHE / "anchors" / f"v{SUITE_VERSION}_{family}_{seed}_{method}_{_anchor_key(method)}.json"
+    tag = f"_{size}px" if size else ""
+    path = CACHE / "anchors" / f"v{SUITE_VERSION}_{family}_{seed}{tag}_{method}_{_anchor_key(method)}.json"
     if use_cache and path.is_file():
         return json.loads(path.read_text())
     _set_threads(threads)
     row = {"family": family, "seed": seed, "method": method}
     try:
-        seq = load_case(family, seed)
-    except RealDataUnavailable as exc:
+        seq = load_case(family, seed, size)
+    except (RealDataUnavailable, ValueError) as exc:  # ValueError: a real source smaller than ``size``
         return {**row, "status": f"skipped: {exc}"}
     try:
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -183,16 +187,17 @@ def _set_threads(threads: int) -> None:
         pass
 
 
-def _prepare(family: str, seed: int, anchors, threads: int, use_cache: bool) -> tuple[list[dict], float]:
+def _prepare(family: str, seed: int, anchors, threads: int, use_cache: bool,
+             size: int | None = None) -> tuple[list[dict], float]:
     """Generate (or load) a case and run the anchors on it; returns (rows, generation seconds)."""
     t0 = time.perf_counter()
-    fresh = not _case_path(family, seed).is_file()
+    fresh = not _case_path(family, seed, size).is_file()
     try:
-        load_case(family, seed)
-    except RealDataUnavailable as exc:
+        load_case(family, seed, size)
+    except (RealDataUnavailable, ValueError) as exc:
         return [{"family": family, "seed": seed, "method": m, "status": f"skipped: {exc}"} for m in anchors], 0.0
     gen = time.perf_counter() - t0 if fresh else 0.0
-    return [_run_anchor(family, seed, m, threads, use_cache) for m in anchors], gen
+    return [_run_anchor(family, seed, m, threads, use_cache, size) for m in anchors], gen
 
 
 def run(args) -> dict:
@@ -204,12 +209,13 @@ def run(args) -> dict:
     gen_total = 0.0
     if args.jobs > 1:
         with cf.ProcessPoolExecutor(args.jobs) as pool:
-            futs = [pool.submit(_prepare, f, s, anchors, args.threads, not args.no_cache) for f, s in cases]
+            futs = [pool.submit(_prepare, f, s, anchors, args.threads, not args.no_cache, args.size)
+                    for f, s in cases]
             prepared = [f.result() for f in futs]
     else:
         prepared = []
         for f, s in cases:
-            prepared.append(_prepare(f, s, anchors, args.threads, not args.no_cache))
+            prepared.append(_prepare(f, s, anchors, args.threads, not args.no_cache, args.size))
             _print_rows(prepared[-1][0])
     for (fam, seed), (anchor_rows, gen) in zip(cases, prepared):
         gen_total += gen
@@ -220,8 +226,8 @@ def run(args) -> dict:
     if "nmsr" in args.methods:
         for fam, seed in cases:
             try:
-                seq = load_case(fam, seed)
-            except RealDataUnavailable as exc:
+                seq = load_case(fam, seed, args.size)
+            except (RealDataUnavailable, ValueError) as exc:
                 rows.append({"family": fam, "seed": seed, "method": "nmsr", "status": f"skipped: {exc}"})
                 continue
             row = _run_nmsr(seq, fam, seed, args.nmsr_set)
@@ -231,7 +237,7 @@ def run(args) -> dict:
         "meta": {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
-            "suite": args.suite, "per_family": args.per_family, "families": args.families,
+            "suite": args.suite, "per_family": args.per_family, "size": args.size, "families": args.families,
             "suite_version": SUITE_VERSION, "cases": [[f, s] for f, s in cases],
             "methods": args.methods, "nmsr_overrides": args.nmsr_set, "threads": args.threads, "jobs": args.jobs,
             "seconds_generation_new_cases": gen_total, "seconds_generation_and_anchors": anchors_s,
@@ -386,6 +392,9 @@ def parse_args(argv=None):
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
     p.add_argument("--methods", default="nmsr,farneback,dis,openpiv,ants", help=f"comma-separated from {METHODS}")
     p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads per process")
+    p.add_argument("--size", type=int, default=None,
+                   help="frames of this many px in every case instead of each case's own size (128-512); "
+                        "large frames are where the registered box, the crops and the step budget differ most")
     p.add_argument("--jobs", type=int, default=1, help="processes for case generation and anchors")
     p.add_argument("--nmsr-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="RegistrationConfig overrides, e.g. smoothness=1 steps=50 (values parsed as Python literals)")

@@ -113,3 +113,27 @@ def test_anchor_recovers_known_motion(name, kind, size):
     image = FAMILIES["decorrelation"](11, size=128, n_frames=2).frames[0]
     err, ok = baselines.check_convention(baselines.BASELINES[name], image, kind, size)
     assert ok, f"{name} {kind}: median EPE {err:.3f} px"
+
+
+def test_a_real_crop_larger_than_its_source_says_which_size_fits():
+    """``bench_suite.py --size`` asks every family for one frame size; the echo frame (430x600 px)
+    cannot give a 384 px crop with its margin, and says so instead of failing inside numpy."""
+    try:
+        FAMILIES["real_echo"](0, size=128, n_frames=2)
+    except RealDataUnavailable as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(ValueError, match=r"430x600 px: a 384 px crop .* at most 349 px"):
+        FAMILIES["real_echo"](0, size=384, n_frames=2)
+    assert FAMILIES["real_echo"](0, size=349, n_frames=2).frames.shape == (2, 349, 349)
+
+
+def test_bench_suite_size_option_generates_and_caches_each_case_at_that_size(tmp_path, monkeypatch):
+    import bench_suite
+
+    monkeypatch.setattr(bench_suite, "CACHE", tmp_path)
+    seq = bench_suite.load_case("probe", 3, 96)
+    assert seq.frames.shape[1:] == (96, 96)
+    assert bench_suite._case_path("probe", 3, 96).is_file() and not bench_suite._case_path("probe", 3).exists()
+    again = bench_suite.load_case("probe", 3, 96)
+    np.testing.assert_array_equal(again.fields, seq.fields)
+    assert FAMILIES["probe"](3).truth["params"]["speed_px"] == seq.truth["params"]["speed_px"]

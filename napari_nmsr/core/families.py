@@ -610,6 +610,9 @@ def _real(seed: int, source: str, overrides: dict) -> SimulatedSequence:
     noise = float(overrides.get("noise", noise))
     pad = 40
     H, W = image.shape
+    if size + 2 * pad >= min(H, W):
+        raise ValueError(f"the real {source} frame is {H}x{W} px: a {size} px crop (with a {pad} px margin) "
+                         f"does not fit; use at most {min(H, W) - 2 * pad - 1} px")
     best, origin = -1.0, None
     for _ in range(300):  # a crop with texture (the echo has a black background and a sector)
         o = np.array([rng.integers(pad, H - size - pad), rng.integers(pad, W - size - pad)])
