@@ -615,14 +615,11 @@ def test_host_memory_is_given_back_after_every_scale_on_a_cpu(monkeypatch):
     device_module.release_host_memory()  # the real call works here (glibc) or is a no-op
 
 
-def test_the_default_runs_every_configured_step_and_early_stopping_stays_available():
-    # Early stopping is off by default (its relative-loss test stopped coarse scales of textured
-    # pairs long before their fields converged); asked for, it still stops a flat loss early.
+def test_early_stopping_stops_a_flat_loss_and_patience_0_runs_every_configured_step():
     big = speckle(72, seed=9, sigma=1.5)
     frames = np.stack([np.roll(big, t, axis=1) for t in range(3)])[:, 4:-4, 4:-4]
     base = dict(scales=(0.5, 1.0), steps=(60, 2), affine=False, crop=False, guard=False,
                 encoder=(8, 8), decoder=(8, 8), min_scale_px=engine.MIN_SCALE_SIZE, device="cpu")
-    assert RegistrationConfig().patience == 0
-    assert list(register(frames, config=RegistrationConfig(**base)).steps_run) == [60, 2]
+    assert list(register(frames, config=RegistrationConfig(patience=0, **base)).steps_run) == [60, 2]
     stopped = register(frames, config=RegistrationConfig(patience=10, min_delta=0.05, **base)).steps_run
     assert stopped[0] < 60

