@@ -61,9 +61,13 @@ METHODS = ("nmsr", "farneback", "dis", "openpiv", "ants", "zero")
 # --------------------------------------------------------------------------- cases (cached)
 
 
+def _case_key(family: str, seed: int, size: int | None = None) -> str:
+    """The cache name of a case (and of its anchors' rows): ``size`` cases are kept apart."""
+    return f"v{SUITE_VERSION}_{family}_{seed}" + (f"_{size}px" if size else "")
+
+
 def _case_path(family: str, seed: int, size: int | None = None) -> Path:
-    tag = f"_{size}px" if size else ""
-    return CACHE / "cases" / f"v{SUITE_VERSION}_{family}_{seed}{tag}.npz"
+    return CACHE / "cases" / f"{_case_key(family, seed, size)}.npz"
 
 
 def load_case(family: str, seed: int, size: int | None = None) -> SimulatedSequence:
@@ -78,7 +82,7 @@ def load_case(family: str, seed: int, size: int | None = None) -> SimulatedSeque
             name=family, description=str(z["description"]), frames=z["frames"], fields=z["fields"],
             masks=z["masks"], vortex_centres=centres, frame_interval_s=1 / 30, pixel_spacing_mm=(1.0, 1.0),
             truth=truth)
-    seq = FAMILIES[family](seed, size=size) if size else FAMILIES[family](seed)
+    seq = FAMILIES[family](seed, size=size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-{os.getpid()}.npz")
     np.savez_compressed(tmp, frames=seq.frames, fields=seq.fields, masks=seq.masks,
@@ -132,15 +136,14 @@ def _anchor_key(method: str) -> str:
 def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bool = True,
                 size: int | None = None) -> dict:
     """One anchor on one case: cached row (metrics and cost)."""
-    tag = f"_{size}px" if size else ""
-    path = CACHE / "anchors" / f"v{SUITE_VERSION}_{family}_{seed}{tag}_{method}_{_anchor_key(method)}.json"
+    path = CACHE / "anchors" / f"{_case_key(family, seed, size)}_{method}_{_anchor_key(method)}.json"
     if use_cache and path.is_file():
         return json.loads(path.read_text())
     _set_threads(threads)
     row = {"family": family, "seed": seed, "method": method}
     try:
         seq = load_case(family, seed, size)
-    except (RealDataUnavailable, ValueError) as exc:  # ValueError: a real source smaller than ``size``
+    except RealDataUnavailable as exc:
         return {**row, "status": f"skipped: {exc}"}
     try:
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -194,7 +197,7 @@ def _prepare(family: str, seed: int, anchors, threads: int, use_cache: bool,
     fresh = not _case_path(family, seed, size).is_file()
     try:
         load_case(family, seed, size)
-    except (RealDataUnavailable, ValueError) as exc:
+    except RealDataUnavailable as exc:
         return [{"family": family, "seed": seed, "method": m, "status": f"skipped: {exc}"} for m in anchors], 0.0
     gen = time.perf_counter() - t0 if fresh else 0.0
     return [_run_anchor(family, seed, m, threads, use_cache, size) for m in anchors], gen
@@ -227,7 +230,7 @@ def run(args) -> dict:
         for fam, seed in cases:
             try:
                 seq = load_case(fam, seed, args.size)
-            except (RealDataUnavailable, ValueError) as exc:
+            except RealDataUnavailable as exc:
                 rows.append({"family": fam, "seed": seed, "method": "nmsr", "status": f"skipped: {exc}"})
                 continue
             row = _run_nmsr(seq, fam, seed, args.nmsr_set)

@@ -10,6 +10,7 @@ from napari_nmsr.core.convention import warp_frames
 from napari_nmsr.core.families import (
     FAMILIES,
     HELDOUT_MIN_SEED,
+    RealCropTooLarge,
     RealDataUnavailable,
     _draw_size,
     circulation,
@@ -122,8 +123,9 @@ def test_a_real_crop_larger_than_its_source_says_which_size_fits():
         FAMILIES["real_echo"](0, size=128, n_frames=2)
     except RealDataUnavailable as exc:
         pytest.skip(str(exc))
-    with pytest.raises(ValueError, match=r"430x600 px: a 384 px crop .* at most 349 px"):
+    with pytest.raises(RealCropTooLarge, match=r"430x600 px: a 384 px crop .* at most 349 px") as caught:
         FAMILIES["real_echo"](0, size=384, n_frames=2)
+    assert isinstance(caught.value, ValueError)  # a bad size, and (for the suite) a case to skip
     assert FAMILIES["real_echo"](0, size=349, n_frames=2).frames.shape == (2, 349, 349)
 
 

@@ -99,6 +99,11 @@ class RealDataUnavailable(RuntimeError):
     """The real frames (shared/data) the real-speckle families need are not there."""
 
 
+class RealCropTooLarge(RealDataUnavailable, ValueError):
+    """The real frame cannot give a crop of the size asked for (it is a bad argument, and the case
+    is unavailable at that size, so the suite skips it like a missing source)."""
+
+
 # --------------------------------------------------------------------------- geometry helpers
 
 
@@ -611,7 +616,7 @@ def _real(seed: int, source: str, overrides: dict) -> SimulatedSequence:
     pad = 40
     H, W = image.shape
     if size + 2 * pad >= min(H, W):
-        raise ValueError(f"the real {source} frame is {H}x{W} px: a {size} px crop (with a {pad} px margin) "
+        raise RealCropTooLarge(f"the real {source} frame is {H}x{W} px: a {size} px crop (with a {pad} px margin) "
                          f"does not fit; use at most {min(H, W) - 2 * pad - 1} px")
     best, origin = -1.0, None
     for _ in range(300):  # a crop with texture (the echo has a black background and a sector)
