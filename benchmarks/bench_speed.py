@@ -17,6 +17,13 @@ Rows (each a sequence with a known field where one exists):
   once from the source through the composed map, 1 % noise), with an LV-sized
   elliptic mask, default threads; accuracy = endpoint error inside the mask.
 * ``apical_nomask``: the same without a mask (the whole sector is registered).
+* ``apical49``, ``apical49_nomask``: the same at 49 frames, the issue's GPU
+  size (49 x 768 x 1024); run them with ``--device cuda``. The "dev MB" column
+  is then torch's peak allocation on the device.
+
+``--device`` (auto, cpu, cuda, mps) and ``--nmsr-set KEY=VALUE`` pass to the
+engine's config; ``--data`` points at a copy of ``shared/data`` (a GPU machine
+that only receives the repository).
 
 ``nmsr_before`` is the engine's default before this work (paper regulariser,
 no affine stage, no cropping, 400/300/100/120 steps), for the time ratio.
@@ -46,6 +53,8 @@ from baselines import BASELINES, BaselineUnavailable  # noqa: E402
 from bench_registration import Cost  # noqa: E402
 
 ROWS = ("sim128", "sim256", "dicom", "apical", "apical_nomask")
+#: Rows run only when named (the GPU target's size; minutes on a CPU).
+EXTRA_ROWS = ("apical49", "apical49_nomask")
 METHODS = ("nmsr", "nmsr_before", "farneback", "dis", "openpiv", "ants")
 #: The engine's default before the affine stage, bending term and cropping (for the time-per-pair ratio).
 BEFORE = dict(regulariser="diffusion", smoothness=10.0, affine=False, steps=(400, 300, 100, 120), crop=False,
@@ -70,9 +79,9 @@ def make_row(name: str):
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found")
         return load_sequence(path).frames, None, None, None
-    if name in ("apical", "apical_nomask"):
-        frames, mask, fields = apical_cine()
-        return frames, (mask if name == "apical" else None), fields, None
+    if name in ("apical", "apical_nomask", "apical49", "apical49_nomask"):
+        frames, mask, fields = apical_cine(49 if name.startswith("apical49") else 45)
+        return frames, (None if name.endswith("nomask") else mask), fields, None
     raise ValueError(name)
 
 
@@ -121,8 +130,11 @@ def apical_cine(n_frames: int = 45, size=(768, 1024), seed: int = 0):
     return frames, np.ascontiguousarray(masks), fields
 
 
-def run_method(method, frames, mask, threads):
-    """(fields (T-1, 2, H, W), mean CC or None, estimate s or None)."""
+def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None):
+    """(fields (T-1, 2, H, W), mean CC or None, estimate s or None).
+
+    ``overrides``: RegistrationConfig keywords for the NMSR methods;
+    ``scale_seconds``: a list that receives each finished scale's seconds."""
     import torch
 
     from napari_nmsr.core.threads import use_threads
@@ -139,9 +151,10 @@ def run_method(method, frames, mask, threads):
     from napari_nmsr.core.estimate import estimate_seconds
     from napari_nmsr.core.register import RegistrationConfig, register
 
-    config = RegistrationConfig(**(BEFORE if method == "nmsr_before" else {}))
+    config = RegistrationConfig(**{**(BEFORE if method == "nmsr_before" else {}), **(overrides or {})})
     est = estimate_seconds(frames, mask, config).total_s
-    res = register(frames, mask=mask, config=config)
+    on_scale = None if scale_seconds is None else (lambda done: scale_seconds.append(done.seconds))
+    res = register(frames, mask=mask, config=config, on_scale=on_scale)
     torch.set_num_threads(n)
     return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est
 
@@ -151,11 +164,28 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", default=str(HERE / "results" / "speed.json"))
+    ap.add_argument("--device", default=None, help="engine device: auto (the default), cpu, cuda or mps")
+    ap.add_argument("--nmsr-set", nargs="*", default=[], metavar="KEY=VALUE", help="RegistrationConfig overrides")
+    ap.add_argument("--data", default=None, help="a copy of shared/data (default: ../shared/data)")
     args = ap.parse_args(argv)
+    import torch
+
+    from bench_suite import _overrides
+    from napari_nmsr.core.device import describe_device, pick_device
     from napari_nmsr.core.threads import default_threads
 
+    global DATA
+    if args.data:
+        DATA = Path(args.data)
+    overrides = _overrides(args.nmsr_set)
+    if args.device:
+        overrides["device"] = args.device
+    device = pick_device(overrides.get("device", "auto"))
+    on_gpu = device.type == "cuda"
+    print(f"engine device: {describe_device(device)}; torch {torch.__version__}; overrides {overrides or 'none'}", flush=True)
+
     rows = []
-    header = f"{'row':<14} {'T x H x W':>14} {'method':<10} {'thr':>3} {'s/pair':>8} {'total s':>8} {'est s':>6} {'peak MB':>8} {'EPE px':>7} {'mean CC':>8}"
+    header = f"{'row':<14} {'T x H x W':>14} {'method':<10} {'thr':>3} {'s/pair':>8} {'total s':>8} {'est s':>6} {'peak MB':>8} {'EPE px':>7} {'mean CC':>8}" + ("  dev MB  s per scale" if on_gpu else "")
     print(header, flush=True)
     for row in args.rows.split(","):
         frames, mask, truth, threads = make_row(row)
@@ -165,9 +195,12 @@ def main(argv=None) -> int:
                 continue  # minutes per pair: not a comparison anyone would wait for
             if method == "openpiv" and t * h * w > 20e6:
                 continue
+            scale_s: list[float] = []
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats(device)
             try:
                 with Cost(trace_python=False) as cost:  # timed as users run it (no tracemalloc)
-                    fields, cc, est = run_method(method, frames, mask, threads)
+                    fields, cc, est = run_method(method, frames, mask, threads, overrides, scale_s)
             except BaselineUnavailable as exc:
                 print(f"{row:<14} {method:<10} skipped: {exc}", flush=True)
                 continue
@@ -178,11 +211,14 @@ def main(argv=None) -> int:
             r = {"row": row, "shape": [t, h, w], "method": method, "threads": threads or default_threads(),
                  "s_per_pair": cost.wall / (t - 1), "total_s": cost.wall, "cpu_s": cost.cpu,
                  "estimate_s": est, "peak_mb": cost.rss_peak_delta_mb, "epe": epe, "mean_cc": cc,
-                 "sequence_mb": frames.nbytes / 2**20}
+                 "sequence_mb": frames.nbytes / 2**20, "device": describe_device(device),
+                 "overrides": {k: str(v) for k, v in overrides.items()}, "scale_s": scale_s,
+                 "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None}
             rows.append(r)
             print(f"{row:<14} {f'{t}x{h}x{w}':>14} {method:<10} {r['threads']:>3} {r['s_per_pair']:>8.3f} "
                   f"{r['total_s']:>8.1f} {'' if est is None else format(est, '.0f'):>6} {r['peak_mb']:>8.0f} "
-                  f"{'' if epe is None else format(epe, '.3f'):>7} {'' if cc is None else format(cc, '.4f'):>8}", flush=True)
+                  f"{'' if epe is None else format(epe, '.3f'):>7} {'' if cc is None else format(cc, '.4f'):>8}"
+                  + (f" {r['device_peak_mb']:>7.0f}  {'/'.join(format(x, '.1f') for x in scale_s)}" if on_gpu else ""), flush=True)
     print("\nratios (same run):")
     for row in ("sim128", "sim256"):
         by = {r["method"]: r for r in rows if r["row"] == row}

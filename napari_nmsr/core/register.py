@@ -191,6 +191,10 @@ class RegistrationConfig:
         if int(self.min_scale_px) < MIN_SCALE_SIZE:
             raise ValueError(f"min_scale_px must be at least {MIN_SCALE_SIZE}, got {self.min_scale_px}")
         self.min_scale_px = int(self.min_scale_px)
+        if self.amp is not None and not isinstance(self.amp, (bool, np.bool_)):
+            raise ValueError(f"amp must be None (automatic), True or False, got {self.amp!r}")
+        if self.amp is not None:
+            self.amp = bool(self.amp)
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
         if self.regulariser not in REGULARISERS:
@@ -651,6 +655,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=warmup)
     step = 0
     value = float("nan")
+    read_at = 0  # the step whose loss ``value`` holds
     while step < n_steps:
         if cancel is not None and cancel():
             raise _Cancelled()
@@ -677,16 +682,24 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
         step += 1
         if device.type == "cpu":
             rebalance_threads()  # follows the machine's load when no thread count was given (core/threads.py)
-        # Reading the loss waits for the device; on a GPU only every
-        # SYNC_EVERY steps (the queue of kernels stays full in between).
-        fresh = device.type == "cpu" or step % SYNC_EVERY == 0 or step == n_steps
+        # Reading the loss waits for the device; on a GPU only at the first step
+        # and every SYNC_EVERY steps (the queue of kernels stays full in between);
+        # the steps in between report the last loss read, never NaN.
+        fresh = reads_loss(device, step, n_steps)
         if fresh:
             value = float(loss)
+            since, read_at = step - read_at, step
         yield step, value
         # Early stopping reads the loss of the whole sequence: with a
         # minibatch the loss jumps between easy and hard pairs, so run all steps.
-        if fresh and batch >= n and monitor.update(value, steps=1 if device.type == "cpu" else SYNC_EVERY):
+        if fresh and batch >= n and monitor.update(value, steps=since):
             return
+
+
+def reads_loss(device: torch.device, step: int, n_steps: int) -> bool:
+    """Whether step ``step`` (1-based) of ``n_steps`` reads its loss back to the host: every
+    step on a CPU; on a GPU the first, every SYNC_EVERY-th and the last (a read waits for the device)."""
+    return device.type == "cpu" or step == 1 or step % SYNC_EVERY == 0 or step == n_steps
 
 
 def _crop_window(size, crop, step: int) -> tuple[slice, slice]:
