@@ -368,6 +368,8 @@ def _result_cases() -> dict[str, Callable[[Path], None]]:
                                        mse=np.zeros((0, 3)), mean_cc=np.zeros((0, 3)), steps_run=np.zeros(0, np.int64),
                                        seconds=np.zeros(0), final_loss=np.zeros(0), velocity_cm_s=None),
         "velocity_wrong_shape": edit(velocity_cm_s=np.zeros((3, 2, 16, 16), np.float32)),
+        "refined_wrong_shape": edit(refined=np.ones((1, 2), bool)),
+        "refined_as_float": edit(refined=np.ones(good["mse"].shape, np.float32)),
         "cancelled_as_float": edit(cancelled=np.array(0.0)),
         "device_as_number": edit(device=np.array(1)),
         "format_version_2": edit(format_version=np.array(2)),

@@ -497,7 +497,7 @@ def _scripted_scales(monkeypatch):
 
 
 @pytest.mark.parametrize("guard", [True, False])
-def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch, guard):
+def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch, guard, tmp_path):
     # A scale whose field matches the full-resolution frames worse than the field before it
     # (a sub-pixel noise fit): with the guard that pair keeps its previous field; the pairs the
     # scale left alone or moved by more than GUARD_MAX_SHIFT take the new one.
@@ -516,7 +516,8 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard,
                                 min_scale_px=engine.MIN_SCALE_SIZE)
     events = []
-    fields = register(frames, config=config, on_scale=events.append).fields
+    result = register(frames, config=config, on_scale=events.append)
+    fields = result.fields
     # After the rejection the next scale restarts and may not stop early before half its steps.
     assert warmups == ([2, 2, 4] if guard else [2, 2, 2])
     assert np.allclose(fields[0][:, 1], 2.0) and np.allclose(fields[0][:, 0], 0.0)  # scale 0 improved all: taken
@@ -528,6 +529,18 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     else:
         assert events[1].kept_previous is None
         assert 0.2 < noise < engine.GUARD_MAX_SHIFT
+    # The result (and its file, and the CLI's table) says which pairs each scale refined.
+    from napari_nmsr.cli import format_metrics_table
+    from napari_nmsr.core.result import RegistrationResult
+
+    loaded = RegistrationResult.load(result.save(tmp_path / "r.npz"))
+    table = format_metrics_table(loaded.metrics_table())
+    if guard:
+        assert result.refined.shape == (3, 3) and result.refined[1].tolist() == [True, False, True]
+        np.testing.assert_array_equal(loaded.refined, result.refined)
+        assert [r["refined"] for r in loaded.metrics_table()][1] == 2 and "2/3" in table.splitlines()[2]
+    else:
+        assert result.refined is None and loaded.refined is None and "/3" not in table
 
 
 @pytest.mark.parametrize("gain, kept", [(0.05, [False, True]), (0.0, [False, False])])

@@ -9,7 +9,7 @@ from napari_nmsr.core.register import ScaleDone
 
 __all__ = ["MetricsTable", "COLUMNS"]
 
-COLUMNS = ("scale", "MSE", "mean CC", "steps", "s")
+COLUMNS = ("scale", "MSE", "mean CC", "steps", "s", "refined")
 
 
 class MetricsTable(QTableWidget):
@@ -24,7 +24,9 @@ class MetricsTable(QTableWidget):
         self.setStyleSheet("font-size: 11px;")
         self.setMinimumHeight(90)
         self.setToolTip("MSE and mean local correlation between each warped frame and the next (higher CC is better), "
-                        "mean over the frame pairs (hover a cell for ± sd); s = seconds for the scale")
+                        "mean over the frame pairs (hover a cell for ± sd); s = seconds for the scale; refined = frame pairs "
+                        "whose field the scale changed (the guard keeps the previous field where a refinement did "
+                        "not clearly improve the match)")
 
     def clear_rows(self, *_) -> None:
         self.setRowCount(0)
@@ -37,6 +39,7 @@ class MetricsTable(QTableWidget):
             (f"{cc.mean():.3f}", f"mean CC {cc.mean():.4f} ± {cc.std():.4f} over {cc.size} pairs"),
             (str(done.steps_run), ""),
             (f"{done.seconds:.1f}", "seconds"),
+            _refined_cell(done),
         )
         row = self.rowCount()
         self.insertRow(row)
@@ -49,3 +52,13 @@ class MetricsTable(QTableWidget):
     def rows(self) -> list[list[str]]:
         """The table as text (for tests and copying)."""
         return [[self.item(r, c).text() for c in range(self.columnCount())] for r in range(self.rowCount())]
+
+
+def _refined_cell(done: ScaleDone) -> tuple[str, str]:
+    """"k/n" pairs the scale refined; "all" when no guard ran."""
+    if done.kept_previous is None:
+        return "all", "no guard: every pair takes this scale's field"
+    kept = np.asarray(done.kept_previous, bool)
+    tip = (f"{int((~kept).sum())} of {kept.size} frame pairs took this scale's field; "
+           f"{int(kept.sum())} kept the previous scale's (their refinement did not clearly improve the match)")
+    return f"{int((~kept).sum())}/{kept.size}", tip

@@ -58,8 +58,10 @@ def scales_of(result: RegistrationResult) -> list[ScaleDone]:
     steps = result.steps_run if result.steps_run is not None and len(result.steps_run) == n else np.zeros(n, int)
     secs = result.seconds if result.seconds is not None and len(result.seconds) == n else np.zeros(n)
     loss = result.final_loss if result.final_loss is not None and len(result.final_loss) == n else np.zeros(n)
+    refined = result.refined if result.refined is not None and len(result.refined) == n else None
     return [ScaleDone(k, n, float(result.scales[k]), result.fields[k], np.asarray(result.metrics["mse"][k]),
-                      np.asarray(result.metrics["mean_cc"][k]), int(steps[k]), float(secs[k]), float(loss[k]))
+                      np.asarray(result.metrics["mean_cc"][k]), int(steps[k]), float(secs[k]), float(loss[k]),
+                      None if refined is None else ~np.asarray(refined[k], bool))
             for k in range(n)]
 
 

@@ -20,6 +20,9 @@ velocity_cm_s       (T-1, 2, H, W) f4      motion of the finest scale in cm/s
                                            (only when spacing and interval known)
 masks               (T, H, W) bool         the masks the run was restricted to
                                            (only when it had masks)
+refined             (S, T-1) bool          pairs whose field the scale changed;
+                                           False where the guard kept the previous
+                                           scale's field (only when the guard ran)
 cancelled           () bool                the run was stopped before the last scale
 config_json         () str                 the RegistrationConfig
 convention_json     () str                 ``convention.CONVENTION``
@@ -62,6 +65,9 @@ class RegistrationResult:
     final_loss: np.ndarray | None = None
     device: str = ""
     masks: np.ndarray | None = None  # (T, H, W) bool the run was restricted to, if any
+    #: (S, T-1) bool: the pairs each scale refined; False where the guard kept the previous
+    #: scale's field (``RegistrationConfig.guard``). None when no guard ran (every pair refined).
+    refined: np.ndarray | None = None
 
     @classmethod
     def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "",
@@ -91,6 +97,7 @@ class RegistrationResult:
             seconds=np.array([d.seconds for d in done], dtype=np.float64),
             final_loss=np.array([d.final_loss for d in done], dtype=np.float64),
             device=device,
+            refined=_refined(done),
         )
 
     # ------------------------------------------------------------------ views
@@ -123,6 +130,9 @@ class RegistrationResult:
                 "mean_cc": float(np.mean(cc)), "mean_cc_std": float(np.std(cc)),
                 "steps": int(self.steps_run[i]) if self.steps_run is not None else None,
                 "seconds": float(self.seconds[i]) if self.seconds is not None else None,
+                # pairs this scale changed (None: no guard ran, so all of them)
+                "refined": int(self.refined[i].sum()) if self.refined is not None else None,
+                "pairs": int(np.asarray(mse).size),
             })
         return rows
 
@@ -157,6 +167,8 @@ class RegistrationResult:
             payload["velocity_cm_s"] = velocity.astype(np.float32)
         if self.masks is not None:
             payload["masks"] = np.asarray(self.masks, dtype=bool)
+        if self.refined is not None:
+            payload["refined"] = np.asarray(self.refined, dtype=bool)
         path.parent.mkdir(parents=True, exist_ok=True)
         check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
         return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
@@ -181,7 +193,17 @@ class RegistrationResult:
             final_loss=data["final_loss"] if len(data["final_loss"]) else None,
             device=str(data["device"]),
             masks=None if data.get("masks") is None else np.asarray(data["masks"], dtype=bool),
+            refined=None if data.get("refined") is None else np.asarray(data["refined"], dtype=bool),
         )
+
+
+def _refined(done: Sequence) -> np.ndarray | None:
+    """(S, T-1) bool from the events' ``kept_previous`` (None when no scale was guarded)."""
+    kept = [getattr(d, "kept_previous", None) for d in done]
+    if not done or all(k is None for k in kept):
+        return None
+    n = len(np.asarray(done[0].mse))
+    return np.array([np.ones(n, bool) if k is None else ~np.asarray(k, bool) for k in kept])
 
 
 #: key -> (dtype kinds accepted, shape pattern): "S" scales, "P" frame pairs, "H"/"W" pixels, ints fixed.
@@ -203,7 +225,8 @@ RESULT_KEYS = {
     "software": ("U", ()),
 }
 #: Keys a result may carry in addition (checked when present).
-OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W")), "masks": ("b", ("T", "H", "W"))}
+OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W")), "masks": ("b", ("T", "H", "W")),
+                 "refined": ("b", ("S", "P"))}
 
 
 def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -244,6 +267,8 @@ def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if key in headers:
                     _check_header(name, key, *headers[key], kinds, pattern, dims)
             data = {k: z[k] for k in RESULT_KEYS}
+            if "refined" in headers:
+                data["refined"] = z["refined"]
             if "masks" in headers:
                 data["masks"] = z["masks"]
                 if data["masks"].shape[0] != data["fields"].shape[1] + 1:

@@ -57,6 +57,9 @@ def test_workflow_end_to_end_on_the_vortex_sample(make_napari_viewer, qtbot, tmp
     result = widget.state.result
     assert result is not None and not result.cancelled and result.scales == (0.25, 0.5)
     assert widget.metrics.rowCount() == 2 and widget.metrics.rows()[1][0] == "0.5"
+    # the last column says how many of the 11 pairs each scale refined (the guard may keep some)
+    refined = [row[-1] for row in widget.metrics.rows()]
+    assert refined == [f"{int(r.sum())}/11" for r in result.refined]
 
     # 4. ONE vectors layer on (scale, t, y, x), only inside the mask
     vectors = [lyr for lyr in viewer.layers if lyr._type_string == "vectors"]
