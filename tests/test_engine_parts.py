@@ -203,7 +203,8 @@ def test_estimate_covers_every_stage_and_reads_as_seconds():
     cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(20, 10), affine=True, affine_steps=(10, 5, 5))
     est = estimate_seconds(frames, None, cfg)
     assert isinstance(est, Estimate)
-    assert len(est.stages_s) == 3 and all(s > 0 for s in est.stages_s)
+    assert len(est.stages_s) == 4 and all(s > 0 for s in est.stages_s)  # affine, two scales, the refinement
+    assert len(estimate_seconds(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(20, 10), refine_steps=0)).stages_s) == 3
     assert str(est).startswith("about ") and str(est).endswith(" s on this machine")
     # More steps must mean a longer estimate.
     longer = estimate_seconds(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(200, 100), affine=True, affine_steps=(10, 5, 5)))
@@ -216,7 +217,7 @@ def test_estimate_counts_the_full_resolution_work_that_closes_each_scale(monkeyp
     # 768x1024 cines. Slow the metrics down by a known amount: the estimate must grow by it at
     # every scale, scaled from the calibration pairs to all pairs.
     frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
-    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False)
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False, refine_steps=0)
     base = estimate_seconds(frames, None, cfg)
     real = engine.pair_metrics
 
@@ -244,7 +245,8 @@ def test_progress_reports_work_weighted_fraction_and_eta():
 def test_work_plan_sums_to_one_and_includes_the_affine_stage():
     cpu = torch.device("cpu")
     plan = engine.work_plan(10, (128, 128), RegistrationConfig(affine=True), cpu)
-    assert abs(sum(plan) - 1) < 1e-9 and plan[0] > 0 and len(plan) == 5
+    assert abs(sum(plan) - 1) < 1e-9 and plan[0] > 0 and len(plan) == 6  # affine, 4 scales, refinement
+    assert len(engine.work_plan(10, (128, 128), RegistrationConfig(refine_steps=0), cpu)) == 5
     assert engine.work_plan(10, (128, 128), RegistrationConfig(affine=False), cpu)[0] == 0
 
 
@@ -636,7 +638,7 @@ def test_early_stopping_stops_a_flat_loss_and_patience_0_runs_every_configured_s
     big = speckle(72, seed=9, sigma=1.5)
     frames = np.stack([np.roll(big, t, axis=1) for t in range(3)])[:, 4:-4, 4:-4]
     base = dict(scales=(0.5, 1.0), steps=(60, 2), affine=False, crop=False, guard=False,
-                encoder=(8, 8), decoder=(8, 8), min_scale_px=engine.MIN_SCALE_SIZE, device="cpu")
+                encoder=(8, 8), decoder=(8, 8), min_scale_px=engine.MIN_SCALE_SIZE, device="cpu", refine_steps=0)
     assert list(register(frames, config=RegistrationConfig(patience=0, **base)).steps_run) == [60, 2]
     stopped = register(frames, config=RegistrationConfig(patience=10, min_delta=0.05, **base)).steps_run
     assert stopped[0] < 60

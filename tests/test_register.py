@@ -45,7 +45,7 @@ def moving_sequence(kind, n=4, size=64):
 
 
 def small_config(**kw):
-    base = dict(scales=SCALES, steps=40, encoder=(8, 16, 16), decoder=(16, 16, 8), patience=0)
+    base = dict(scales=SCALES, steps=40, encoder=(8, 16, 16), decoder=(16, 16, 8), patience=0, refine_steps=0)
     base.update(kw)
     return RegistrationConfig(**base)
 

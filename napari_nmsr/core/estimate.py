@@ -26,7 +26,7 @@ __all__ = ["Estimate", "estimate_seconds"]
 
 @dataclass
 class Estimate:
-    """Seconds expected for a run: total and per stage (affine, then one entry per scale)."""
+    """Seconds expected for a run: total and per stage (affine, one entry per scale, then the refinement when on)."""
 
     total_s: float
     stages_s: list[float]
@@ -98,7 +98,27 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
+    if config.refine_steps > 0:
+        stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
     return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)
+
+
+def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
+    """Seconds of the refinement stage for the calibration pairs: a few timed steps, scaled."""
+    from .refine import RefineSettings, refine_fields
+
+    settings = RefineSettings.from_config(config)
+    calib = min(settings.steps, 4)
+    settings.steps = calib + 1
+    field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
+    steps = refine_fields(field, moving, fixed, mask_full, settings)
+    next(steps)  # the first step pays one-time costs
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in steps:
+        pass
+    _sync(device)
+    return (time.perf_counter() - t0) * config.refine_steps / calib
 
 
 @torch.no_grad()

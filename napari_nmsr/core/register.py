@@ -47,6 +47,7 @@ from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .threads import rebalance as rebalance_threads
+from .refine import RefineSettings, refine_fields
 from .unet import UNet
 
 __all__ = [
@@ -77,7 +78,7 @@ REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 PRESETS = {
     "default": {"steps": (150, 100, 100, 20)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
-              "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE},
+              "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0},
 }
 PRESETS["cpu"] = PRESETS["default"]
 DEFAULT_PRESET = "default"
@@ -131,6 +132,12 @@ class RegistrationConfig:
     the match by a share of what is left (as added regressors raise R^2 by a
     share of 1 - R^2), so the test is relative (benchmarks/README.md, eighth
     session: tuning geo-mean 0.921 -> 0.787 at 0.05).
+    ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
+    composed field gets a smooth residual on a grid of ``refine_grid`` of the
+    frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
+    local NCC with ``refine_smoothness`` x bending energy, at frames shrunk to
+    ``refine_max_px`` on the short side (benchmarks/README.md, eleventh
+    session: 384 px tuning geo-mean 1.52 -> 0.77).
     ``min_scale_px``: a coarse scale's grid is never shorter than this on
     the short side of the registered box (the scale is raised, aspect kept;
     never above full size). At 1/8 a 128-160 px box is a 16-20 px grid, in
@@ -167,6 +174,11 @@ class RegistrationConfig:
     guard: bool = True
     guard_gain: float = 0.05
     min_scale_px: int = 32
+    refine_steps: int = 100
+    refine_grid: float = 0.125
+    refine_smoothness: float = 500.0
+    refine_lr: float = 0.05
+    refine_max_px: int = 256
 
     def __post_init__(self):
         self.variant = self.variant.lower()
@@ -195,6 +207,10 @@ class RegistrationConfig:
             raise ValueError(f"amp must be None (automatic), True or False, got {self.amp!r}")
         if self.amp is not None:
             self.amp = bool(self.amp)
+        if int(self.refine_steps) < 0 or not 0.0 < float(self.refine_grid) <= 1.0 or float(self.refine_smoothness) < 0 \
+                or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16:
+            raise ValueError("refine_steps must be >= 0, refine_grid in (0, 1], refine_smoothness >= 0, "
+                             "refine_lr > 0 and refine_max_px >= 16")
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
         if self.regulariser not in REGULARISERS:
@@ -446,12 +462,14 @@ def register_iter(
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         amp = amp_for(config, device, finest=k == len(scales) - 1)
+        # The finest scale's steps are counted with the refinement's that end it.
+        extra = config.refine_steps if k == len(scales) - 1 else 0
         # A restarted output improves the loss slowly at first: no early stop before half the steps.
         warmup = n_steps // 2 if restart else None
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup,
                                                    smoothness=config.smoothness_for(k)):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
-            yield Progress(k, len(scales), s, step, n_steps, loss_value, time.perf_counter() - run_started, min(1.0, done))
+            yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started, min(1.0, done))
         batch = batch_for(data, config, device, state)
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
@@ -462,6 +480,20 @@ def register_iter(
                                                   mask_full, config)
         field_full = new_field
         del new_field
+        if k == len(scales) - 1 and config.refine_steps > 0:  # the last stage, reported as the finest scale's
+            settings = RefineSettings.from_config(config)
+            for done_steps, total, value in refine_fields(field_full, moving_full, fixed_full, mask_full, settings,
+                                                          _cancel_hook(cancel)):
+                if not math.isnan(value):
+                    loss_value = value
+                done = sum(plan[: k + 1]) + plan[k + 1] + plan[k + 2] * done_steps / max(total, 1)
+                yield Progress(k, len(scales), s, n_steps + done_steps, n_steps + total, loss_value,
+                               time.perf_counter() - run_started, min(1.0, done))
+            step = n_steps + settings.steps
+            with torch.no_grad():
+                warped_full = _chunked(warp, moving_full, field_full)
+            if worse is not None:  # every pair's field changed in this scale's row (the refinement takes all)
+                worse = torch.zeros_like(worse)
         mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
         release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
@@ -507,6 +539,11 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         px = crop[0] * crop[1] if crop else h * w
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
         work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
+    if config.refine_steps > 0:  # warp + NCC + their gradients: about a third of a U-Net step per pixel (measured)
+        from .refine import work_size
+
+        wh, ww = work_size(size, config.refine_max_px)
+        work.append(1.0 * config.refine_steps * n_pairs * wh * ww)
     total = sum(work) or 1.0
     return [x / total for x in work]
 

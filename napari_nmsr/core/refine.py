@@ -1,0 +1,110 @@
+"""Per-pair refinement of the composed field ("instance optimisation"), the run's last stage.
+
+The U-Net is one network for every pair of the sequence: at large frames it
+converges slowly, and the guard then rejects its fine scales (at 384 px the
+1/2 and full scales were rejected for nearly every pair of the tuning cases,
+so the result was the affine + 1/8 field). This stage optimises, for each
+pair on its own, a smooth residual added to the composed field: a dense
+displacement on a coarse grid (``grid`` of the frame, bilinearly upsampled),
+fitted with Adam to the same local NCC as the engine's loss plus a strong
+bending penalty on the grid. Few parameters and a strong penalty keep it from
+fitting speckle where the field is already right (probe motion, rigid warps),
+while it corrects the smooth errors the network left (vortex cores, walls).
+
+Frames larger than ``max_px`` on the short side are refined at that size
+(the residual is smooth on the scale of the grid, far coarser than a pixel),
+which bounds the cost on 768x1024 cines. Pairs are independent, so they are
+refined in chunks that fit a pixel budget, one chunk after another.
+
+Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx));
+``moving`` is frame t, ``fixed`` frame t+1, the field lives on the fixed grid.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .convention import resize_field, resize_image, warp
+from .losses import bending_loss, local_cc_map, pair_masked_mean
+
+__all__ = ["refine_fields", "work_size", "RefineSettings"]
+
+#: Pixels (pairs x h x w at the working size) refined at once.
+PIXELS_AT_ONCE = {"cpu": 2**19, "mps": 2**22, "cuda": 2**24}
+
+
+class RefineSettings:
+    """The stage's knobs, read from a RegistrationConfig (``refine_*`` fields)."""
+
+    def __init__(self, steps: int, grid: float, smoothness: float, lr: float, max_px: int, radius: int):
+        self.steps, self.grid, self.smoothness, self.lr = int(steps), float(grid), float(smoothness), float(lr)
+        self.max_px, self.radius = int(max_px), int(radius)
+
+    @classmethod
+    def from_config(cls, config) -> "RefineSettings":
+        return cls(config.refine_steps, config.refine_grid, config.refine_smoothness, config.refine_lr,
+                   config.refine_max_px, config.ncc_radius)
+
+
+def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
+    """The size the refinement runs at: ``size``, shrunk (aspect kept) so its short side is at most ``max_px``."""
+    h, w = size
+    f = min(1.0, max_px / max(1, min(h, w)))
+    return max(8, round(h * f)), max(8, round(w * f))
+
+
+def grid_size(size: tuple[int, int], grid: float) -> tuple[int, int]:
+    """The residual's grid for a frame of ``size``: ``grid`` of it, at least 4 nodes a side."""
+    return max(4, round(size[0] * grid)), max(4, round(size[1] * grid))
+
+
+def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
+    per = max(1, PIXELS_AT_ONCE.get(device.type, 2**19) // max(1, size[0] * size[1]))
+    return [slice(i, min(n, i + per)) for i in range(0, n, per)]
+
+
+def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None,
+                  settings: RefineSettings, check: Callable[[], None] | None = None) -> Iterator[tuple[int, int, float]]:
+    """Refine ``field`` (N, 2, H, W) IN PLACE, pair chunk by chunk; yields (step done, steps in all, loss).
+
+    ``moving``/``fixed``: (N, 1, H, W) frames t and t+1; ``mask`` (N, 1, H, W) float weights of the
+    loss (or None); ``check()`` raises to cancel (the field then holds the chunks finished so far,
+    each either refined or untouched). The loss is read back only at the end of each chunk.
+    """
+    n, _, h, w = field.shape
+    work = work_size((h, w), settings.max_px)
+    gh, gw = grid_size((h, w), settings.grid)
+    to_work = torch.tensor([(work[0] - 1) / max(h - 1, 1), (work[1] - 1) / max(w - 1, 1)],
+                           device=field.device).view(1, 2, 1, 1)
+    to_grid = torch.tensor([(gh - 1) / max(h - 1, 1), (gw - 1) / max(w - 1, 1)], device=field.device).view(1, 2, 1, 1)
+    chunks = _chunks(n, work, field.device)
+    total = len(chunks) * settings.steps
+    done = 0
+    for part in chunks:
+        with torch.no_grad():
+            mov = resize_image(moving[part].float(), work)
+            fix = resize_image(fixed[part].float(), work)
+            wts = None if mask is None else (resize_image(mask[part].float(), work) > 0.5).float()
+            base = resize_field(field[part].float(), work)
+        # the residual in full-resolution pixels on the coarse grid
+        delta = torch.zeros(base.shape[0], 2, gh, gw, device=field.device, requires_grad=True)
+        optimiser = torch.optim.Adam([delta], lr=settings.lr)
+        for step in range(1, settings.steps + 1):
+            if check is not None:
+                check()
+            up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
+            cc = local_cc_map(warp(mov, base + up), fix, settings.radius)
+            loss = -pair_masked_mean(cc, wts).mean() + settings.smoothness * bending_loss(delta * to_grid)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            done += 1
+            last = step == settings.steps
+            if last:  # the chunk is finished: its residual joins the field (a host read, once per chunk)
+                with torch.no_grad():
+                    up = F.interpolate(delta.detach(), size=(h, w), mode="bilinear", align_corners=True)
+                    field[part] += up.to(field.dtype)
+            yield done, total, float(loss.detach()) if last else float("nan")

@@ -1,0 +1,102 @@
+"""The per-pair refinement stage (core/refine.py) and how the engine runs it."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nmsr.core.convention import warp
+from napari_nmsr.core.losses import gaussian_smooth
+from napari_nmsr.core.refine import RefineSettings, grid_size, refine_fields, work_size
+from napari_nmsr.core.register import PRESETS, Progress, RegistrationConfig, ScaleDone, register, register_iter
+
+
+def speckle(size, seed=0, sigma=1.2):
+    rng = np.random.default_rng(seed)
+    img = gaussian_smooth(torch.from_numpy(rng.random((1, 1, size, size), dtype=np.float32)), sigma)[0, 0].numpy()
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def smooth_pair(size=96, seed=3):
+    """Frame t, frame t+1 = frame t pulled through a smooth swirl (~1 px), and that pull field."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2
+    r2 = ((yy - c) ** 2 + (xx - c) ** 2) / (0.25 * size) ** 2
+    amp = 1.2 * np.exp(-r2)
+    field = np.stack((amp * (xx - c) / size * 4, -amp * (yy - c) / size * 4)).astype(np.float32)[None]
+    moving = torch.from_numpy(speckle(size, seed))[None, None]
+    fixed = warp(moving, torch.from_numpy(field))
+    return moving, fixed, field
+
+
+def settings(**kw):
+    base = dict(steps=100, grid=0.125, smoothness=500.0, lr=0.05, max_px=256, radius=6)
+    base.update(kw)
+    return RefineSettings(**base)
+
+
+def epe(a, b, m=8):
+    return float(np.hypot(*(a - b)[0, :, m:-m, m:-m]).mean())
+
+
+def test_refinement_recovers_a_smooth_swirl_and_leaves_an_exact_field_alone():
+    moving, fixed, truth = smooth_pair()
+    field = torch.zeros(1, 2, 96, 96)
+    list(refine_fields(field, moving, fixed, None, settings()))
+    assert epe(field.numpy(), truth) < 0.6 * epe(np.zeros_like(truth), truth)
+    exact = torch.from_numpy(truth.copy())
+    list(refine_fields(exact, moving, fixed, None, settings()))
+    assert epe(exact.numpy(), truth) < 0.1  # no speckle fit where the field is already right
+
+
+def test_refinement_runs_pair_chunks_yields_every_step_and_reads_the_loss_once_per_chunk(monkeypatch):
+    from napari_nmsr.core import refine
+
+    monkeypatch.setitem(refine.PIXELS_AT_ONCE, "cpu", 96 * 96)  # one pair per chunk
+    moving, fixed, _ = smooth_pair()
+    moving, fixed = moving.repeat(3, 1, 1, 1), fixed.repeat(3, 1, 1, 1)
+    field = torch.zeros(3, 2, 96, 96)
+    events = list(refine_fields(field, moving, fixed, None, settings(steps=5)))
+    assert [e[0] for e in events] == list(range(1, 16)) and all(e[1] == 15 for e in events)
+    assert [np.isfinite(e[2]) for e in events] == [s % 5 == 0 for s in range(1, 16)]
+    assert np.allclose(field[0], field[1], atol=1e-5) and field.abs().sum() > 0  # same pair, same refinement
+
+
+def test_refinement_works_at_its_capped_size_and_its_grid():
+    assert work_size((768, 1024), 256) == (256, 341) and work_size((120, 90), 256) == (120, 90)
+    assert grid_size((384, 384), 0.125) == (48, 48) and grid_size((16, 16), 0.125) == (4, 4)
+    moving, fixed, truth = smooth_pair()
+    field = torch.zeros(1, 2, 96, 96)
+    list(refine_fields(field, moving, fixed, None, settings(max_px=48)))  # refined at 48 px, applied at 96
+    assert epe(field.numpy(), truth) < 0.7 * epe(np.zeros_like(truth), truth)
+
+
+def test_the_engine_ends_with_the_refinement_reports_it_and_the_paper_preset_has_none():
+    moving, fixed, _ = smooth_pair(64)
+    frames = torch.cat([moving[0], fixed[0]]).numpy()
+    cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), affine=False, min_scale_px=16)
+    events = list(register_iter(frames, config=RegistrationConfig(refine_steps=7, **cfg)))
+    last = [e for e in events if isinstance(e, Progress) and e.scale_index == 1]
+    assert [e.step for e in last] == list(range(1, 10)) and {e.n_steps for e in last} == {9}
+    assert last[-1].overall == pytest.approx(1.0)
+    done = [e for e in events if isinstance(e, ScaleDone)]
+    assert done[-1].steps_run == 9
+    plain = register(frames, config=RegistrationConfig(refine_steps=0, **cfg))
+    assert not np.allclose(done[-1].field, plain.fields[-1])  # the stage changed the final field
+    assert PRESETS["paper"]["refine_steps"] == 0
+    with pytest.raises(ValueError, match="refine_steps"):
+        RegistrationConfig(refine_steps=-1)
+
+
+def test_cancel_during_the_refinement_keeps_the_scales_finished_before_it():
+    moving, fixed, _ = smooth_pair(64)
+    frames = torch.cat([moving[0], fixed[0]]).numpy()
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), affine=False,
+                             min_scale_px=16, refine_steps=50)
+    seen = []
+
+    def progress(p):
+        seen.append(p)
+
+    res = register(frames, config=cfg, progress=progress,
+                   cancel=lambda: bool(seen) and seen[-1].scale_index == 1 and seen[-1].step > 4)
+    assert res.cancelled and res.scales == (0.5,)
