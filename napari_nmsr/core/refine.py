@@ -33,7 +33,7 @@ from .losses import bending_loss, local_cc_map, pair_masked_mean
 __all__ = ["refine_fields", "work_size", "RefineSettings"]
 
 #: Pixels (pairs x h x w at the working size) refined at once.
-PIXELS_AT_ONCE = {"cpu": 2**19, "mps": 2**22, "cuda": 2**24}
+PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
 
 
 class RefineSettings:
