@@ -48,11 +48,18 @@ _TIPS = {
     "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",
     "pixels_per_step": "Pixels per optimisation step (blank = the device's default)",
     "field_sigma": "Gaussian blur (px of each scale) of every scale's field (0 = off)",
+    "refine_steps": "Per-pair refinement at the end: Adam steps (0 = off)",
+    "refine_grid": "Per-pair refinement: its grid as a share of the frame (smaller = smoother residual)",
+    "refine_smoothness": "Per-pair refinement: weight of the residual's bending energy",
+    "refine_lr": "Per-pair refinement: Adam learning rate (px per step)",
+    "refine_max_px": "Per-pair refinement: frames are refined at most this many px on the short side",
 }
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS)}
 #: Spin-box limits narrower than the defaults (the config refuses values outside them).
-_LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096}}
+_LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
+           "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
+           "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01}}
 
 
 def _split_optional(annotation):
