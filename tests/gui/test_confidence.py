@@ -145,7 +145,9 @@ def test_consistency_worker_stops_on_shutdown(make_napari_viewer, qtbot):
     qtbot.addWidget(section)
     worker = section.consistency.check()
     assert worker is not None
-    qtbot.waitUntil(lambda: "step 2 of 5000" in section.consistency.status.text(), timeout=60_000)
+    # the one (finest) scale's 5000 steps and the refinement that ends it
+    total = 5000 + RegistrationConfig().refine_steps
+    qtbot.waitUntil(lambda: f"step 2 of {total}" in section.consistency.status.text(), timeout=60_000)
     section.shutdown()
     assert not worker.is_running  # the thread has returned, not just been asked to
     assert not section.consistency.running and state.inconsistency is None
