@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .convention import resize_field, resize_image, warp
 from .losses import bending_loss, local_cc_map, pair_masked_mean
 
-__all__ = ["refine_fields", "work_size", "RefineSettings"]
+__all__ = ["RefineSettings", "grid_size", "refine_fields", "work_size"]
 
 #: Pixels (pairs x h x w at the working size) refined at once.
 PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
