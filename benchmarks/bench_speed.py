@@ -161,7 +161,7 @@ def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS + EXTRA_ROWS)}")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", default=str(HERE / "results" / "speed.json"))
     ap.add_argument("--device", default=None, help="engine device: auto (the default), cpu, cuda or mps")

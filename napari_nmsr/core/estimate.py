@@ -105,20 +105,20 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
 
 def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
     """Seconds of the refinement stage for the calibration pairs: a few timed steps, scaled."""
+    import dataclasses
+
     from .refine import RefineSettings, refine_fields
 
-    settings = RefineSettings.from_config(config)
-    calib = min(settings.steps, 4)
-    settings.steps = calib + 1
+    settings = dataclasses.replace(RefineSettings.from_config(config), steps=min(config.refine_steps, 4) + 1)
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
     steps = refine_fields(field, moving, fixed, mask_full, settings)
-    next(steps)  # the first step pays one-time costs
+    _, total, _ = next(steps)  # the first step pays one-time costs; total = chunks x calibration steps
     _sync(device)
     t0 = time.perf_counter()
-    for _ in steps:
-        pass
+    timed = sum(1 for _ in steps)
     _sync(device)
-    return (time.perf_counter() - t0) * config.refine_steps / calib
+    per_step = (time.perf_counter() - t0) / max(timed, 1)
+    return per_step * (total // settings.steps) * config.refine_steps  # chunks x the run's steps
 
 
 @torch.no_grad()

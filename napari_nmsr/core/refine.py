@@ -22,6 +22,7 @@ Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx));
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -36,12 +37,16 @@ __all__ = ["RefineSettings", "grid_size", "refine_fields", "work_size"]
 PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
 
 
+@dataclass(frozen=True)
 class RefineSettings:
-    """The stage's knobs, read from a RegistrationConfig (``refine_*`` fields)."""
+    """The stage's knobs, read from a RegistrationConfig (``refine_*`` fields and ``ncc_radius``)."""
 
-    def __init__(self, steps: int, grid: float, smoothness: float, lr: float, max_px: int, radius: int):
-        self.steps, self.grid, self.smoothness, self.lr = int(steps), float(grid), float(smoothness), float(lr)
-        self.max_px, self.radius = int(max_px), int(radius)
+    steps: int
+    grid: float
+    smoothness: float
+    lr: float
+    max_px: int
+    radius: int
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
@@ -62,7 +67,7 @@ def grid_size(size: tuple[int, int], grid: float) -> tuple[int, int]:
 
 
 def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
-    per = max(1, PIXELS_AT_ONCE.get(device.type, 2**19) // max(1, size[0] * size[1]))
+    per = max(1, PIXELS_AT_ONCE.get(device.type, PIXELS_AT_ONCE["cpu"]) // max(1, size[0] * size[1]))
     return [slice(i, min(n, i + per)) for i in range(0, n, per)]
 
 

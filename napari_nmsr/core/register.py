@@ -46,8 +46,8 @@ from .roi import Box, paste_field, region_of_interest
 from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
+from .refine import RefineSettings, refine_fields, work_size
 from .threads import rebalance as rebalance_threads
-from .refine import RefineSettings, refine_fields
 from .unet import UNet
 
 __all__ = [
@@ -489,7 +489,7 @@ def register_iter(
                 done = sum(plan[: k + 1]) + plan[k + 1] + plan[k + 2] * done_steps / max(total, 1)
                 yield Progress(k, len(scales), s, n_steps + done_steps, n_steps + total, loss_value,
                                time.perf_counter() - run_started, min(1.0, done))
-            step = n_steps + settings.steps
+            step += settings.steps  # the scale's steps run (it may have stopped early) and the refinement's
             with torch.no_grad():
                 warped_full = _chunked(warp, moving_full, field_full)
             if worse is not None:  # every pair's field changed in this scale's row (the refinement takes all)
@@ -540,8 +540,6 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
         work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
     if config.refine_steps > 0:  # warp + NCC + their gradients: about a third of a U-Net step per pixel (measured)
-        from .refine import work_size
-
         wh, ww = work_size(size, config.refine_max_px)
         work.append(1.0 * config.refine_steps * n_pairs * wh * ww)
     total = sum(work) or 1.0

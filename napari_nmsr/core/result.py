@@ -199,7 +199,7 @@ class RegistrationResult:
 
 def _refined(done: Sequence) -> np.ndarray | None:
     """(S, T-1) bool from the events' ``kept_previous`` (None when no scale was guarded)."""
-    kept = [getattr(d, "kept_previous", None) for d in done]
+    kept = [d.kept_previous for d in done]
     if not done or all(k is None for k in kept):
         return None
     n = len(np.asarray(done[0].mse))
