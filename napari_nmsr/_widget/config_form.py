@@ -17,7 +17,7 @@ import typing
 
 from magicgui import widgets
 
-from napari_nmsr.core.register import MIN_SCALE_SIZE, REGULARISERS, RegistrationConfig
+from napari_nmsr.core.register import INTERPOLATIONS, MIN_SCALE_SIZE, REGULARISERS, RegistrationConfig
 
 __all__ = ["MAIN_FORM_FIELDS", "ConfigForm", "form_fields"]
 
@@ -53,13 +53,17 @@ _TIPS = {
     "refine_smoothness": "Per-pair refinement: weight of the residual's bending energy",
     "refine_lr": "Per-pair refinement: Adam learning rate (px per step)",
     "refine_max_px": "Per-pair refinement: frames are refined at most this many px on the short side",
+    "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window",
+    "refine_interpolation": "Per-pair refinement: how frames are resampled through the field (bicubic: less "
+                            "bias towards half-pixel motion in noisy frames; bilinear: as the U-Net's loss)",
 }
 #: Fields with a fixed set of values: a drop-down.
-_CHOICES = {"regulariser": tuple(REGULARISERS)}
+_CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOLATIONS}
 #: Spin-box limits narrower than the defaults (the config refuses values outside them).
 _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
            "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
-           "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01}}
+           "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
+           "refine_radius": {"min": 1, "max": 64}}
 
 
 def _split_optional(annotation):

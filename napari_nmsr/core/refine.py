@@ -6,8 +6,8 @@ converges slowly, and the guard then rejects its fine scales (at 384 px the
 so the result was the affine + 1/8 field). This stage optimises, for each
 pair on its own, a smooth residual added to the composed field: a dense
 displacement on a coarse grid (``grid`` of the frame, bilinearly upsampled),
-fitted with Adam to the same local NCC as the engine's loss plus a strong
-bending penalty on the grid. Few parameters and a strong penalty keep it from
+fitted with Adam to a local NCC (a smaller window than the U-Net's, frame t
+resampled bicubically by default) plus a strong bending penalty on the grid. Few parameters and a strong penalty keep it from
 fitting speckle where the field is already right (probe motion, rigid warps),
 while it corrects the smooth errors the network left (vortex cores, walls).
 
@@ -39,7 +39,7 @@ PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """The stage's knobs, read from a RegistrationConfig (``refine_*`` fields and ``ncc_radius``)."""
+    """The stage's knobs, read from a RegistrationConfig (its ``refine_*`` fields)."""
 
     steps: int
     grid: float
@@ -47,11 +47,12 @@ class RefineSettings:
     lr: float
     max_px: int
     radius: int
+    mode: str = "bilinear"
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
         return cls(config.refine_steps, config.refine_grid, config.refine_smoothness, config.refine_lr,
-                   config.refine_max_px, config.ncc_radius)
+                   config.refine_max_px, config.refine_radius, config.refine_interpolation)
 
 
 def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
@@ -101,7 +102,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
             if check is not None:
                 check()
             up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-            cc = local_cc_map(warp(mov, base + up), fix, settings.radius)
+            cc = local_cc_map(warp(mov, base + up, settings.mode), fix, settings.radius)
             loss = -pair_masked_mean(cc, wts).mean() + settings.smoothness * bending_loss(delta * to_grid)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -70,6 +70,8 @@ MIN_SCALE_SIZE = 12
 #: Field regularisers: ``diffusion`` is the paper's lambda * mean|grad u|^2;
 #: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion).
 REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
+#: How the refinement resamples frame t through a field (grid_sample's modes; the U-Net's loss is bilinear, as the paper's).
+INTERPOLATIONS = ("bicubic", "bilinear")
 
 #: Named engine settings (RegistrationConfig overrides). ``default`` is what
 #: ``RegistrationConfig()`` gives; ``paper`` is the paper's loss (diffusion
@@ -135,9 +137,14 @@ class RegistrationConfig:
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
-    local NCC with ``refine_smoothness`` x bending energy, at frames shrunk to
-    ``refine_max_px`` on the short side (benchmarks/README.md, eleventh
-    session: 384 px tuning geo-mean 1.52 -> 0.77).
+    local NCC (window radius ``refine_radius``) with ``refine_smoothness`` x
+    bending energy, at frames shrunk to ``refine_max_px`` on the short side
+    (benchmarks/README.md, eleventh session: 384 px tuning geo-mean 1.52 ->
+    0.77). Frame t is resampled ``refine_interpolation`` (bicubic: bilinear
+    averages a pixel's noise with its neighbour's by an amount set by the
+    fractional displacement, which biases NCC on noisy frames towards
+    half-pixel motion; twelfth session: tuning geo-mean 0.658 -> 0.614 with
+    radius 4).
     ``min_scale_px``: a coarse scale's grid is never shorter than this on
     the short side of the registered box (the scale is raised, aspect kept;
     never above full size). At 1/8 a 128-160 px box is a 16-20 px grid, in
@@ -179,6 +186,8 @@ class RegistrationConfig:
     refine_smoothness: float = 500.0
     refine_lr: float = 0.05
     refine_max_px: int = 256
+    refine_radius: int = 4
+    refine_interpolation: str = "bicubic"
 
     def __post_init__(self):
         self.variant = self.variant.lower()
@@ -208,9 +217,12 @@ class RegistrationConfig:
         if self.amp is not None:
             self.amp = bool(self.amp)
         if int(self.refine_steps) < 0 or not 0.0 < float(self.refine_grid) <= 1.0 or float(self.refine_smoothness) < 0 \
-                or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16:
+                or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16 or int(self.refine_radius) < 1:
             raise ValueError("refine_steps must be >= 0, refine_grid in (0, 1], refine_smoothness >= 0, "
-                             "refine_lr > 0 and refine_max_px >= 16")
+                             "refine_lr > 0, refine_max_px >= 16 and refine_radius >= 1")
+        if self.refine_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown refine_interpolation {self.refine_interpolation!r}; "
+                             f"choose one of {', '.join(INTERPOLATIONS)}")
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
         if self.regulariser not in REGULARISERS:
