@@ -87,6 +87,8 @@ def test_the_engine_ends_with_the_refinement_reports_it_and_the_paper_preset_has
         RegistrationConfig(refine_steps=-1)
     with pytest.raises(ValueError, match="refine_radius"):
         RegistrationConfig(refine_radius=0)
+    with pytest.raises(ValueError, match="unknown refine_interpolation 'nearest'"):
+        RegistrationConfig(refine_interpolation="nearest")
 
 
 def test_the_stage_reads_its_window_and_resampling_from_the_config():
