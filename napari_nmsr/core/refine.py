@@ -7,9 +7,12 @@ so the result was the affine + 1/8 field). This stage optimises, for each
 pair on its own, a smooth residual added to the composed field: a dense
 displacement on a coarse grid (``grid`` of the frame, bilinearly upsampled),
 fitted with Adam to a local NCC (a smaller window than the U-Net's, frame t
-resampled bicubically by default) plus a strong bending penalty on the grid. Few parameters and a strong penalty keep it from
-fitting speckle where the field is already right (probe motion, rigid warps),
-while it corrects the smooth errors the network left (vortex cores, walls).
+resampled bicubically by default) plus a strong bending penalty on the grid.
+Few parameters and a strong penalty keep it from fitting speckle where the
+field is already right (probe motion, rigid warps), while it corrects the
+smooth errors the network left (vortex cores, walls). Vortex cores that turn
+fast are the part left: the grid cannot hold them (benchmarks/README.md,
+twelfth session).
 
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
@@ -47,7 +50,7 @@ class RefineSettings:
     lr: float
     max_px: int
     radius: int
-    mode: str = "bilinear"
+    mode: str = "bicubic"  # grid_sample's mode for resampling frame t
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
