@@ -121,7 +121,7 @@ class ConsistencyControls(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.05, 50.0)
+        self.threshold.setRange(0.01, 50.0)  # the default engine is consistent to a few hundredths of a px in places
         self.threshold.setSingleStep(0.25)
         self.threshold.setDecimals(2)
         self.threshold.setSuffix(" px")
