@@ -50,7 +50,7 @@ class RefineSettings:
     lr: float
     max_px: int
     radius: int
-    mode: str = "bicubic"  # grid_sample's mode for resampling frame t
+    mode: str  # grid_sample's mode for resampling frame t (the config's refine_interpolation)
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
