@@ -78,7 +78,7 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (150, 100, 100, 20)},
+    "default": {"steps": (150, 100, 100, 20), "smoothness": (50.0, 50.0, 50.0, 200.0)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0},
 }
@@ -114,7 +114,12 @@ SYNC_EVERY = 10
 class RegistrationConfig:
     """Every knob of a run; stored in the result file.
 
-    ``steps`` is one number for all scales or one per scale. ``patience`` > 0
+    ``steps`` and ``smoothness`` are one number for all scales or one per
+    scale. The default weight is 4x higher at the full scale (200 vs 50): its
+    20 steps, fitted to strongly decorrelated speckle, raised the match while
+    moving away from the true motion, and the guard let them pass
+    (benchmarks/README.md, thirteenth session: decorrelation tuning cases
+    0.220 -> 0.123 and 0.243 -> 0.184 px, 54 others unchanged). ``patience`` > 0
     enables early stopping: a scale stops when its smoothed loss has not
     improved by ``min_delta`` (relative) for ``patience`` steps. It only
     fires on short sequences whose pairs all fit in one step (cines never);
@@ -159,7 +164,7 @@ class RegistrationConfig:
     scales: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     steps: int | tuple[int, ...] = PRESETS["default"]["steps"]
     lr: float = 1e-3
-    smoothness: float | tuple[float, ...] = 50.0
+    smoothness: float | tuple[float, ...] = PRESETS["default"]["smoothness"]
     ncc_radius: int = 6
     batch_size: int | None = None
     device: str = "auto"
