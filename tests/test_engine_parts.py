@@ -183,11 +183,74 @@ def test_a_cpu_infers_a_large_grid_one_pair_at_a_time():
     assert engine._inference_pairs((700, 950), cpu) == 1
     assert engine._inference_pairs((128, 128), cpu) == engine.CPU_CHUNK
     assert engine._inference_pairs((700, 950), torch.device("meta")) == 32  # a GPU keeps its batches
+    # The masked 768x1024 cine's box (526x475): two pairs at once were its peak (+100 MB each, measured).
+    assert engine._inference_pairs((526, 475), cpu) == 1
     seen = []
     previous = torch.zeros(5, 2, 8, 8)
     out = engine.compose_resized(previous, lambda pairs: seen.append(pairs) or torch.ones(len(range(5)[pairs]), 2, 8, 8),
                                  chunk=1)
     assert len(seen) == 5 and torch.allclose(out, torch.ones_like(out))
+
+
+def test_chunked_writes_each_chunk_into_one_array_equal_to_concatenating():
+    a, b = torch.rand(5, 1, 6, 7), torch.rand(5, 1, 6, 7)
+    calls = []
+
+    def fn(x, y):
+        calls.append(x.shape[0])
+        return torch.cat((x - y, x * y), dim=1)
+
+    out = engine._chunked(fn, a, b, chunk=2)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(out, torch.cat((a - b, a * b), dim=1), rtol=0, atol=0)
+    one = engine._chunked(fn, a[:1], b[:1])
+    torch.testing.assert_close(one, torch.cat((a[:1] - b[:1], a[:1] * b[:1]), dim=1), rtol=0, atol=0)
+
+
+def test_the_full_scale_reuses_the_loss_mask_and_other_scales_threshold_theirs():
+    warped, fixed = torch.rand(3, 1, 40, 48), torch.rand(3, 1, 40, 48)
+    mask = (torch.rand(3, 1, 40, 48) > 0.5).float()
+    full = engine.ScaleData.prepare(warped, fixed, mask, 1.0, min_px=8)
+    assert full.mask is mask and full.moving is warped  # no copy of a full-size mask (42 MB at 768x1024)
+    half = engine.ScaleData.prepare(warped, fixed, mask, 0.5, min_px=8)
+    assert half.mask.shape == (3, 1, 20, 24) and set(half.mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_unet_gives_the_same_field_in_place_and_trains():
+    # LeakyReLU in place and the decoder's one-expression concatenation save inference memory;
+    # the network must compute what a plain functional pass computes, and still learn.
+    import torch.nn.functional as F
+
+    from napari_nmsr.core.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet()
+    torch.nn.init.normal_(net.flow.weight, std=0.1)
+    a, b = torch.rand(2, 1, 37, 45), torch.rand(2, 1, 37, 45)
+
+    def plain(block, x):
+        conv = block[0]
+        return F.leaky_relu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding), 0.2)
+
+    x = plain(net.stem, torch.cat((a, b), dim=1))
+    skips = [x]
+    for layer in net.down:
+        x = plain(layer, x)
+        skips.append(x)
+    skips.pop()
+    for layer in net.up:
+        skip = skips.pop()
+        x = plain(layer, torch.cat((F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip), 1))
+    for block in net.extra:
+        x = plain(block, x)
+    expected = F.conv2d(x, net.flow.weight, net.flow.bias, padding=1)
+    with torch.no_grad():
+        got = net(a, b)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    loss = (net(a, b) - 1.0).pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert float(net.stem[0].weight.grad.abs().sum()) > 0
 
 
 def test_training_crop_only_when_frames_exceed_the_budget():
@@ -640,15 +703,19 @@ def test_compose_resized_equals_composing_all_pairs_at_once():
 
 def test_host_memory_is_given_back_after_every_scale_on_a_cpu(monkeypatch):
     # Freed full-resolution buffers must not pile up across scales in the process's heap:
-    # the engine trims it after each scale (measured: the masked 45x768x1024 cine's peak
-    # 1247-1768 MB without, 1121-1225 MB with).
+    # the engine trims it after each scale's training, after its warp and after its report, and
+    # after the refinement (measured: the masked 45x768x1024 cine's peak 1247-1768 MB without the
+    # per-scale trim, 1121-1225 MB with; benchmarks/README.md, fourteenth session, for the rest).
     from napari_nmsr.core import device as device_module
 
     calls = []
     monkeypatch.setattr(engine, "release_host_memory", lambda: calls.append(1))
     frames = np.stack([np.roll(speckle(48, seed=2), t, axis=1) for t in range(3)])
     result = register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu"))
-    assert len(calls) == result.n_scales == 4
+    assert result.n_scales == 4 and len(calls) == 3 * 4 + 1
+    calls.clear()
+    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0))
+    assert len(calls) == 3 * 4
     device_module.release_host_memory()  # the real call works here (glibc) or is a no-op
 
 

@@ -102,10 +102,12 @@ GUARD_MAX_SHIFT = 1.0
 #: Full-resolution pairs a CPU warps or infers at once: larger chunks leave the cache (45x768x1024:
 #: warping all pairs took 0.37 s 2 at a time, 0.73 s 32 at a time).
 CPU_CHUNK = 2
-#: Bytes of U-Net activations a CPU holds at once when it infers a scale's field (about 48 float32
-#: channels per pixel at the finest level): at 45x768x1024 without a mask two pairs of the 1/1 scale
-#: at once were the run's memory peak (+430 MB over the rest), so large grids go one pair at a time.
+#: Bytes of U-Net activations a CPU holds at once when it infers a scale's field (about 96 float32
+#: channels per pixel at the finest level, measured: each more pair of a 526x475 grid added ~100 MB):
+#: at 45x768x1024 two pairs of the 1/1 scale at once were the run's memory peak (+430 MB over the
+#: rest without a mask, +100 MB with one), so large grids go one pair at a time.
 CPU_INFER_BYTES = 2**27
+_INFER_BYTES_PER_PX = 96 * 4
 #: On a GPU the loss is read back (a host synchronisation) every this many steps.
 SYNC_EVERY = 10
 
@@ -488,15 +490,18 @@ def register_iter(
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started, min(1.0, done))
         batch = batch_for(data, config, device, state)
+        release_host_memory()  # the training's freed buffers, before the full-frame work
         shape = (n_pairs, 2, h, w)
         out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
         new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
                                     out=_box_view(out, box, device),
                                     chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
+        del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
         warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                   mask_full, config)
         field_full = new_field
         del new_field
+        release_host_memory()
         if k == len(scales) - 1 and config.refine_steps > 0:  # the last stage, reported as the finest scale's
             settings = RefineSettings.from_config(config)
             for done_steps, total, value in refine_fields(field_full, moving_full, fixed_full, mask_full, settings,
@@ -507,6 +512,8 @@ def register_iter(
                 yield Progress(k, len(scales), s, n_steps + done_steps, n_steps + total, loss_value,
                                time.perf_counter() - run_started, min(1.0, done))
             step += settings.steps  # the scale's steps run (it may have stopped early) and the refinement's
+            del warped_full  # every field changed: warp again, without the old warp beside the new one
+            release_host_memory()  # the refinement's many small buffers, before the last full-frame work
             with torch.no_grad():
                 warped_full = _chunked(warp, moving_full, field_full)
             if worse is not None:  # every pair's field changed in this scale's row (the refinement takes all)
@@ -640,7 +647,12 @@ class ScaleData:
         size = scale_size(tuple(warped_full.shape[-2:]), scale, min_px)
         moving = resize_image(warped_full, size)
         fixed = resize_image(fixed_full, size)
-        mask = None if mask_full is None else (resize_image(mask_full, size) > 0.5).float()
+        if mask_full is None:
+            mask = None
+        elif size == tuple(mask_full.shape[-2:]) and mask_full.dtype == torch.float32:
+            mask = mask_full  # the 1/1 scale: already 0/1 weights (prepare_inputs); no 42 MB copy at 768x1024
+        else:
+            mask = (resize_image(mask_full, size) > 0.5).float()
         return cls(moving, fixed, mask, tuple(warped_full.shape[-2:]))
 
     @torch.no_grad()
@@ -932,14 +944,23 @@ def _inference_pairs(size: tuple[int, int], device: torch.device) -> int:
     and on a CPU no more than CPU_INFER_BYTES of activations (one pair of a large 1/1 scale)."""
     chunk = _pairs_at_once(device)
     if device.type == "cpu":
-        chunk = max(1, min(chunk, CPU_INFER_BYTES // (size[0] * size[1] * 48 * 4)))
+        chunk = max(1, min(chunk, CPU_INFER_BYTES // (size[0] * size[1] * _INFER_BYTES_PER_PX)))
     return chunk
 
 
 def _chunked(fn, a, b, chunk: int = 32):
-    """fn over the pairs of a and b, :func:`_pairs_at_once` at a time."""
+    """fn over the pairs of a and b, :func:`_pairs_at_once` at a time, written into one array
+    (not concatenated: that held every chunk and the result at once, twice the array)."""
     chunk = _pairs_at_once(a.device, chunk)
-    return torch.cat([fn(a[i : i + chunk], b[i : i + chunk]) for i in range(0, a.shape[0], chunk)])
+    first = fn(a[:chunk], b[:chunk])
+    if a.shape[0] <= chunk:
+        return first
+    out = first.new_empty((a.shape[0],) + tuple(first.shape[1:]))
+    out[:chunk] = first
+    del first
+    for i in range(chunk, a.shape[0], chunk):
+        out[i : i + chunk] = fn(a[i : i + chunk], b[i : i + chunk])
+    return out
 
 
 def _free(device):
