@@ -31,6 +31,18 @@ AFFINE_STEPS = (100, 60, 30)
 #: Adam step sizes per level: translation in units of half the long side, the
 #: affine matrix dimensionless (a rotation of 0.001 rad per step).
 _LR = ((0.02, 0.01), (0.006, 0.004), (0.002, 0.0015))
+#: A pair whose phase correlation (on the <= PHASE_SIZE px level) finds a translation of at least
+#: PHASE_MIN_SHIFT of the long side starts the fit there instead of at no motion: about a pixel of
+#: the coarsest level, beyond which the local NCC there stops pointing the way. Fine textures (PIV
+#: particles, fine speckle) vanish at 32 px, so large probe moves were out of reach (tuning real PIV
+#: 6, 10.7 px/frame: one pair 8.6 px off after this stage, 0.02 px with the phase start).
+#: A start is kept only if the level's masked local NCC there beats no motion's (unrelated frames
+#: have a correlation peak somewhere too) and it moves at most PHASE_MAX_SHIFT of the long side
+#: (beyond, little of the frame overlaps). Asking for a clear gain (a tenth of the dissimilarity
+#: left) lost tuning real PIV 6 again: its 0.054 rad turn leaves a translation alone a poor match.
+PHASE_SIZE = 128
+PHASE_MIN_SHIFT = 1.0 / 32
+PHASE_MAX_SHIFT = 1.0 / 4
 
 
 def _level_size(full: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -47,11 +59,12 @@ def _field_on(grid_full: torch.Tensor, b: torch.Tensor, a: torch.Tensor, c: torc
 
 def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None = None,
                   radius: int = 6, sizes=AFFINE_SIZES, steps=AFFINE_STEPS,
-                  cancel=None) -> torch.Tensor:
+                  cancel=None, phase_start: bool = True) -> torch.Tensor:
     """Affine pull field per pair. moving, fixed: (N, 1, H, W); mask (N, 1, H, W) float or None.
 
     Returns (N, 2, H, W) float32, px of the full frame, project convention.
-    ``cancel()`` is polled every step (raise from it to stop).
+    ``cancel()`` is polled every step (raise from it to stop). ``phase_start``: start
+    pairs that moved far from phase correlation's translation (see PHASE_MIN_SHIFT).
     """
     n, _, H, W = fixed.shape
     device = fixed.device
@@ -64,6 +77,9 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
     else:
         c = torch.tensor([(H - 1) / 2.0, (W - 1) / 2.0], device=device).expand(n, 2).clone()
     t = torch.zeros(n, 2, device=device, requires_grad=True)  # translation / half
+    if phase_start:
+        with torch.no_grad():
+            t.copy_(_phase_start(moving, fixed, mask, radius) / half)
     a = torch.zeros(n, 2, 2, device=device, requires_grad=True)
     levels = []
     for long_side in sizes:
@@ -105,3 +121,37 @@ def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
     cc_affine = pair_masked_mean(local_cc_map(warp(mv, resize_field(field, size)), fx, radius), weight)
     cc_identity = pair_masked_mean(local_cc_map(mv, fx, radius), weight)
     return cc_affine >= cc_identity
+
+
+@torch.no_grad()
+def _phase_start(moving, fixed, mask, radius) -> torch.Tensor:
+    """(N, 2) translation (full px, pull) to start each pair's fit from; zero where it should not.
+
+    scikit-image's phase correlation of the whole frames on a <= PHASE_SIZE px level; kept for a
+    pair only when it is at least PHASE_MIN_SHIFT of the long side (a start from no motion finds
+    smaller moves itself), at most PHASE_MAX_SHIFT, and its masked local NCC beats no motion's.
+    """
+    import numpy as np
+    from skimage.registration import phase_cross_correlation
+
+    n, _, H, W = fixed.shape
+    size = _level_size((H, W), PHASE_SIZE)
+    mv, fx = resize_image(moving, size), resize_image(fixed, size)
+    to_full = torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=fixed.device)
+    shifts = np.zeros((n, 2), np.float32)
+    a, b = mv[:, 0].float().cpu().numpy(), fx[:, 0].float().cpu().numpy()
+    for i in range(n):
+        # The shift that registers frame t onto frame t+1; a pull field is its opposite.
+        shift, _, _ = phase_cross_correlation(b[i], a[i], upsample_factor=4, normalization=None)
+        shifts[i] = -np.asarray(shift, np.float32)
+    level = torch.from_numpy(shifts).to(fixed.device)  # px of the level
+    far = (level.norm(dim=1) >= PHASE_MIN_SHIFT * max(size)) & (level.abs().amax(dim=1) <= PHASE_MAX_SHIFT * max(size))
+    if bool(far.any()):
+        weight = None if mask is None else (resize_image(mask, size) > 0.5).float()
+        idx = far.nonzero()[:, 0]
+        cand = level[idx].view(-1, 2, 1, 1).expand(-1, 2, *size)
+        w = None if weight is None else weight[idx]
+        cc_shift = pair_masked_mean(local_cc_map(warp(mv[idx], cand), fx[idx], radius), w)
+        cc_none = pair_masked_mean(local_cc_map(mv[idx], fx[idx], radius), w)
+        far[idx] = cc_shift > cc_none
+    return torch.where(far[:, None], level * to_full, torch.zeros_like(level))
