@@ -18,6 +18,7 @@ whose fitted affine matches worse than no motion keeps no motion.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .convention import pixel_grid, resize_field, resize_image, warp
@@ -49,6 +50,12 @@ def _level_size(full: tuple[int, int], long_side: int) -> tuple[int, int]:
     h, w = full
     f = min(1.0, long_side / max(h, w))
     return max(8, round(h * f)), max(8, round(w * f))
+
+
+def _at_size(moving, fixed, mask, size):
+    """Frames t, t+1 and the mask's 0/1 weights (or None) resampled to ``size``."""
+    weight = None if mask is None else (resize_image(mask, size) > 0.5).float()
+    return resize_image(moving, size), resize_image(fixed, size), weight
 
 
 def _field_on(grid_full: torch.Tensor, b: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -89,8 +96,7 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
         levels.append(size)
     for li, size in enumerate(levels):
         h, w = size
-        mv, fx = resize_image(moving, size), resize_image(fixed, size)
-        mk = None if mask is None else (resize_image(mask, size) > 0.5).float()
+        mv, fx, mk = _at_size(moving, fixed, mask, size)
         fy, fxs = (H - 1) / max(h - 1, 1), (W - 1) / max(w - 1, 1)
         factor = torch.tensor([fy, fxs], device=device).view(1, 2, 1, 1)
         grid_full = pixel_grid(h, w, device=device) * factor[0]
@@ -116,8 +122,7 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
 def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
     """(N,) bool: the affine field's local CC beats no motion (checked on a <=128 px grid)."""
     size = _level_size(tuple(fixed.shape[-2:]), 128)
-    mv, fx = resize_image(moving, size), resize_image(fixed, size)
-    weight = None if mask is None else (resize_image(mask, size) > 0.5).float()
+    mv, fx, weight = _at_size(moving, fixed, mask, size)
     cc_affine = pair_masked_mean(local_cc_map(warp(mv, resize_field(field, size)), fx, radius), weight)
     cc_identity = pair_masked_mean(local_cc_map(mv, fx, radius), weight)
     return cc_affine >= cc_identity
@@ -131,12 +136,11 @@ def _phase_start(moving, fixed, mask, radius) -> torch.Tensor:
     pair only when it is at least PHASE_MIN_SHIFT of the long side (a start from no motion finds
     smaller moves itself), at most PHASE_MAX_SHIFT, and its masked local NCC beats no motion's.
     """
-    import numpy as np
     from skimage.registration import phase_cross_correlation
 
     n, _, H, W = fixed.shape
     size = _level_size((H, W), PHASE_SIZE)
-    mv, fx = resize_image(moving, size), resize_image(fixed, size)
+    mv, fx, weight = _at_size(moving, fixed, mask, size)
     to_full = torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=fixed.device)
     shifts = np.zeros((n, 2), np.float32)
     a, b = mv[:, 0].float().cpu().numpy(), fx[:, 0].float().cpu().numpy()
@@ -147,7 +151,6 @@ def _phase_start(moving, fixed, mask, radius) -> torch.Tensor:
     level = torch.from_numpy(shifts).to(fixed.device)  # px of the level
     far = (level.norm(dim=1) >= PHASE_MIN_SHIFT * max(size)) & (level.abs().amax(dim=1) <= PHASE_MAX_SHIFT * max(size))
     if bool(far.any()):
-        weight = None if mask is None else (resize_image(mask, size) > 0.5).float()
         idx = far.nonzero()[:, 0]
         cand = level[idx].view(-1, 2, 1, 1).expand(-1, 2, *size)
         w = None if weight is None else weight[idx]
