@@ -136,7 +136,7 @@ def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, de
     t0 = time.perf_counter()
     out = np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32)
     new_field = engine.compose_resized(field, lambda pairs: field[pairs, :, ::2, ::2], out=engine._box_view(out, box, device))
-    warped, _, _ = engine._settle_scale(new_field, field, moving, match, moving, fixed, mask_full, config)
+    warped, _, _ = engine._settle_scale(new_field, field, moving.clone(), match, moving, fixed, mask_full, config)
     engine._report_scale(new_field, warped, fixed, score_mask, box, out)
     _sync(device)
     return time.perf_counter() - t0

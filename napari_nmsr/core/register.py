@@ -10,7 +10,8 @@ implies). A pair whose full-resolution match (the loss's data term) a
 sub-pixel refinement does not clearly improve keeps its previous field
 (``guard``, on by default: a scale fitted to decorrelated speckle raises the
 match a little while moving away from the true motion; ``guard_gain``). Every
-scale's composed full-resolution field is kept.
+scale's composed full-resolution field is kept, the coarse scales' in float16
+(:mod:`.scale_fields`), and the next scale starts from it as kept.
 
 Variants (``RegistrationConfig.variant``):
 
@@ -46,6 +47,7 @@ from .roi import Box, paste_field, region_of_interest
 from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
+from .scale_fields import ScaleFields, kept_dtype
 from .refine import RefineSettings, refine_fields, work_size
 from .threads import rebalance as rebalance_threads
 from .unet import UNet
@@ -105,7 +107,9 @@ CPU_CHUNK = 2
 #: Bytes of U-Net activations a CPU holds at once when it infers a scale's field (about 96 float32
 #: channels per pixel at the finest level, measured: each more pair of a 526x475 grid added ~100 MB):
 #: at 45x768x1024 two pairs of the 1/1 scale at once were the run's memory peak (+430 MB over the
-#: rest without a mask, +100 MB with one), so large grids go one pair at a time.
+#: rest without a mask, +100 MB with one), so large grids go one pair at a time. (Since inference
+#: sums the decoder's convolutions instead of concatenating, about 64 channels; the 96 is kept as
+#: the bound, so the chunks, and the memory measured with them, stay as they were.)
 CPU_INFER_BYTES = 2**27
 _INFER_BYTES_PER_PX = 96 * 4
 #: On a GPU the loss is read back (a host synchronisation) every this many steps.
@@ -307,7 +311,9 @@ class ScaleDone:
     scale_index: int
     n_scales: int
     scale: float
-    field: np.ndarray  # (T-1, 2, H, W) float32, pixels, project convention
+    #: (T-1, 2, H, W), pixels, project convention; float32 for the finest scale, float16 for a
+    #: coarser one (:func:`~.scale_fields.kept_dtype`: the field as the run kept it)
+    field: np.ndarray
     mse: np.ndarray  # (T-1,)
     mean_cc: np.ndarray  # (T-1,)
     steps_run: int
@@ -397,18 +403,16 @@ def register(
     """
     config = config or RegistrationConfig()
     done: list[ScaleDone] = []
-    stack: np.ndarray | None = None
+    stored: list[np.ndarray] = []
     cancelled = False
     device = pick_device(config.device)
 
     def buffer(k: int, n_scales: int, shape: tuple[int, ...]) -> np.ndarray:
-        # Every scale's field is written straight into one (S, T-1, 2, H, W) array: no
-        # second copy of all scales when the result is made (at 45x768x1024 that copy
-        # was 1.1 GB of the peak), nor a full-frame copy of each (277 MB).
-        nonlocal stack
-        if stack is None:
-            stack = np.empty((n_scales,) + tuple(shape), np.float32)
-        return stack[k]
+        # Every scale's field is written straight into the array the result keeps: no
+        # second copy of all scales when the result is made, nor a full-frame copy of each
+        # (277 MB at 45x768x1024). The coarse scales are kept in float16 (.scale_fields).
+        stored.append(np.empty(shape, kept_dtype(k, n_scales)))
+        return stored[-1]
 
     try:
         for event in register_iter(frames, mask, config, cancel=cancel, field_buffer=buffer):
@@ -423,7 +427,7 @@ def register(
         cancelled = True
     return RegistrationResult.from_scales(
         done,
-        fields=None if stack is None else stack[: len(done)],
+        fields=ScaleFields(stored[: len(done)]) if done else None,
         config=config.to_dict(),
         cancelled=cancelled,
         frame_interval_s=frame_interval_s,
@@ -445,8 +449,10 @@ def register_iter(
     stops the run at the current step. If ``cancel`` is given and returns True
     an internal cancellation is raised, which :func:`register` turns into a
     partial result. ``field_buffer(scale_index, n_scales, shape)``, if given,
-    returns the float32 array each scale's full-frame field is written into
-    (and that ``ScaleDone.field`` then is), so no full-frame copy is made.
+    returns the array each scale's full-frame field is written into (and that
+    ``ScaleDone.field`` then is), so no full-frame copy is made. Each scale's
+    field is kept as :func:`~.scale_fields.kept_dtype` says (the coarse scales
+    in float16, the finest in float32), and the next scale starts from it as kept.
     """
     config = config or RegistrationConfig()
     frames = validate_frames(frames)
@@ -492,9 +498,10 @@ def register_iter(
         batch = batch_for(data, config, device, state)
         release_host_memory()  # the training's freed buffers, before the full-frame work
         shape = (n_pairs, 2, h, w)
-        out = np.empty(shape, np.float32) if field_buffer is None else field_buffer(k, len(scales), shape)
+        out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
+        stored = _box_view(out, box, device)  # on a CPU, the scale's field as the result keeps it
         new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
-                                    out=_box_view(out, box, device),
+                                    out=stored if stored is not None and stored.dtype == torch.float32 else None,
                                     chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
         del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
         warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
@@ -519,6 +526,11 @@ def register_iter(
             if worse is not None:  # every pair's field changed in this scale's row (the refinement takes all)
                 worse = torch.zeros_like(worse)
         mse, cc, field_out = _report_scale(field_full, warped_full, fixed_full, score_mask, box, out)
+        if out.dtype != np.float32:
+            # Kept in lower precision (a coarse scale; .scale_fields): the next scale starts from the
+            # field as kept. On a CPU it reads it from there, so no float32 copy of the box stays
+            # beside the kept fields (264 MB at 768x1024); elsewhere the same rounding is applied.
+            field_full = stored if stored is not None else field_full.to(torch.from_numpy(out[:0]).dtype).float()
         release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
                         None if worse is None else worse.cpu().numpy())
@@ -693,15 +705,17 @@ def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch
     network's inference for them). The same field as composing all pairs at
     once, without the full-frame temporaries (the residual, the sampling grid,
     the warped field, the network's activations: at 44 pairs of 768x1024 each
-    field-sized one is 277 MB). ``out``: where to write it (shape of ``previous``; see :func:`_box_view`);
+    field-sized one is 277 MB). ``previous`` may be kept in lower precision (a coarse scale's
+    stored field, :mod:`.scale_fields`); the result is float32. ``out``: where to write it
+    (shape of ``previous``; see :func:`_box_view`);
     ``chunk``: pairs at a time (default :func:`_pairs_at_once`; see :func:`_inference_pairs`).
     """
-    out = torch.empty_like(previous) if out is None else out
+    out = torch.empty(previous.shape, dtype=torch.float32, device=previous.device) if out is None else out
     size = tuple(previous.shape[-2:])
     chunk = chunk or _pairs_at_once(previous.device)
     for i in range(0, previous.shape[0], chunk):
         pairs = slice(i, i + chunk)
-        out[pairs] = compose(previous[pairs], resize_field(residual_of(pairs), size))
+        out[pairs] = compose(previous[pairs].float(), resize_field(residual_of(pairs), size))
     return out
 
 
@@ -866,16 +880,29 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _settle_scale(new_field, old_field, old_warped, match, moving, fixed, mask, config):
-    """Warp every pair once by a scale's composed field (that warp serves the guard, the metrics and
-    the next scale's input), then let the guard keep, in place, the previous field of the pairs the
-    scale made worse. Returns (warped, each pair's match or None, kept pairs or None)."""
-    new_warped = _chunked(warp, moving, new_field)
-    worse = None
-    if config.guard:
-        match, worse = _guard(new_field, new_warped, old_field, old_warped, match, fixed, mask, config.ncc_radius,
-                              config.guard_gain)
-    return new_warped, match, worse
+def _settle_scale(new_field, old_field, warped, match, moving, fixed, mask, config):
+    """Warp every pair by a scale's composed field (that warp serves the guard, the metrics and the
+    next scale's input), written over the previous warp ``warped`` a few pairs at a time, and let
+    the guard keep, in place, the previous field and warp of the pairs the scale made worse.
+    Returns (warped, each pair's match or None, kept pairs or None).
+
+    Pairs are independent, so settling them in turn gives what settling all at once gave, without
+    a second full warp of the sequence beside the first (141 MB at 45x768x1024).
+    """
+    matches, kept = [], []
+    chunk = _pairs_at_once(warped.device)
+    for i in range(0, warped.shape[0], chunk):
+        p = slice(i, i + chunk)
+        new_warped = warp(moving[p], new_field[p])
+        if config.guard:
+            m, worse = _guard(new_field[p], new_warped, old_field[p], warped[p], match[p], fixed[p],
+                              None if mask is None else mask[p], config.ncc_radius, config.guard_gain)
+            matches.append(m)
+            kept.append(worse)
+        warped[p] = new_warped
+    if not config.guard:
+        return warped, match, None
+    return warped, torch.cat(matches), torch.cat(kept)
 
 
 @torch.no_grad()
@@ -908,7 +935,7 @@ def _guard(new_field, new_warped, old_field, old_warped, old_match, fixed, mask,
         shift = _mean_shift(new_field, old_field, mask, idx)
         worse[idx] = (shift > 0) & (shift < GUARD_MAX_SHIFT)
     for i in worse.nonzero()[:, 0].tolist():  # pair by pair: no copy of all kept pairs at once
-        new_field[i] = old_field[i]
+        new_field[i] = old_field[i]  # (old_field may be kept in float16: .scale_fields)
         new_warped[i] = old_warped[i]
     return torch.where(worse, old_match, match), worse
 

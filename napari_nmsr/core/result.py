@@ -8,7 +8,9 @@ key                 shape / dtype          meaning
 format_version      () int                 1
 fields              (S, T-1, 2, H, W) f4   composed full-resolution field of each
                                            finished scale, coarse to fine, pixels,
-                                           convention in ``convention_json``
+                                           convention in ``convention_json``; the
+                                           coarse scales' values are float16's
+                                           (the run keeps them so: scale_fields)
 scales              (S,) f8                the scales (1/8 ... 1)
 mse, mean_cc        (S, T-1) f8            paper metrics per scale and frame pair
 steps_run           (S,) i8                optimisation steps actually run
@@ -43,6 +45,7 @@ import numpy as np
 from .convention import CONVENTION, motion_from_field
 from .errors import ResultFileError
 from .export import atomic_write
+from .scale_fields import ScaleFields, write_npy
 
 __all__ = ["FORMAT_VERSION", "RESULT_KEYS", "RegistrationResult", "read_result_arrays", "check_result_arrays"]
 
@@ -53,7 +56,9 @@ FORMAT_VERSION = 1
 class RegistrationResult:
     """Per-scale fields and metrics of one registered sequence."""
 
-    fields: np.ndarray  # (S, T-1, 2, H, W) float32
+    #: (S, T-1, 2, H, W) float32: an array (a loaded file), or from :func:`~.register.register` a
+    #: :class:`~.scale_fields.ScaleFields` (coarse scales kept in float16, read as float32)
+    fields: np.ndarray | ScaleFields
     scales: tuple[float, ...]
     metrics: dict[str, np.ndarray]  # "mse", "mean_cc": (S, T-1)
     config: dict = field(default_factory=dict)
@@ -74,12 +79,15 @@ class RegistrationResult:
                     fields: np.ndarray | None = None) -> "RegistrationResult":
         """Assemble from the engine's ``ScaleDone`` events (possibly none, if cancelled early).
 
-        ``fields``: the events' fields already stacked (S, T-1, 2, H, W) float32, used as is.
+        ``fields``: the events' fields already stacked (S, T-1, 2, H, W) float32, or the engine's
+        :class:`~.scale_fields.ScaleFields`, used as is.
         """
-        if fields is not None:
+        if isinstance(fields, ScaleFields):
+            pass  # the engine's own store (coarse scales in float16; see .scale_fields)
+        elif fields is not None:
             fields = np.asarray(fields, np.float32)
-        elif done:
-            fields = np.stack([d.field for d in done]).astype(np.float32, copy=False)
+        elif done:  # as the engine kept them (the coarse scales in float16): no float32 copy of them
+            fields = ScaleFields([d.field for d in done])
         else:
             fields = np.zeros((0, 0, 2, 0, 0), np.float32)
         return cls(
@@ -147,7 +155,7 @@ class RegistrationResult:
         nan2 = np.array([np.nan, np.nan])
         payload = {
             "format_version": np.array(FORMAT_VERSION),
-            "fields": self.fields.astype(np.float32, copy=False),
+            "fields": self.fields if isinstance(self.fields, ScaleFields) else self.fields.astype(np.float32, copy=False),
             "scales": np.asarray(self.scales, dtype=np.float64),
             "mse": np.asarray(self.metrics["mse"], dtype=np.float64),
             "mean_cc": np.asarray(self.metrics["mean_cc"], dtype=np.float64),
@@ -171,7 +179,7 @@ class RegistrationResult:
             payload["refined"] = np.asarray(self.refined, dtype=bool)
         path.parent.mkdir(parents=True, exist_ok=True)
         check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
-        return atomic_write(path, lambda tmp: np.savez(tmp, **payload))
+        return atomic_write(path, lambda tmp: _write_npz(tmp, payload))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegistrationResult":
@@ -195,6 +203,20 @@ class RegistrationResult:
             masks=None if data.get("masks") is None else np.asarray(data["masks"], dtype=bool),
             refined=None if data.get("refined") is None else np.asarray(data["refined"], dtype=bool),
         )
+
+
+def _write_npz(path, payload: dict) -> None:
+    """What ``np.savez(path, **payload)`` writes, with ``fields`` streamed a pair at a time
+    (:func:`~.scale_fields.write_npy`): no float32 copy of every scale is made to save them."""
+    import zipfile
+
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in payload.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as fid:
+                if key == "fields":
+                    write_npy(fid, value)
+                else:
+                    np.lib.format.write_array(fid, np.asanyarray(value), allow_pickle=False)
 
 
 def _refined(done: Sequence) -> np.ndarray | None:
@@ -290,11 +312,11 @@ def check_result_arrays(name: str, data: dict[str, np.ndarray]) -> None:
     dims: dict[str, int] = {}
     for key, (kinds, pattern) in {**RESULT_KEYS, **OPTIONAL_KEYS}.items():
         if key in data:
-            arr = np.asarray(data[key])
+            arr = data[key] if isinstance(data[key], ScaleFields) else np.asarray(data[key])
             _check_header(name, key, arr.shape, arr.dtype, kinds, pattern, dims)
     if int(data["format_version"]) != FORMAT_VERSION:
         raise ResultFileError(f"{name}: format_version {int(data['format_version'])} is not {FORMAT_VERSION}")
-    _check_values(name, {k: np.asarray(v) for k, v in data.items()})
+    _check_values(name, {k: v if isinstance(v, ScaleFields) else np.asarray(v) for k, v in data.items()})
 
 
 def _check_header(name, key, shape, dtype, kinds, pattern, dims) -> None:
@@ -331,7 +353,8 @@ def _check_values(name: str, d: dict) -> None:
         raise ResultFileError(f"{name}: holds no scale but is not marked as a cancelled run; the file is damaged")
     if not np.isfinite(scales).all() or (scales <= 0).any() or (scales > 1).any() or (np.diff(scales) <= 0).any():
         raise ResultFileError(f"{name}: 'scales' must be increasing values in (0, 1], got {scales.tolist()}")
-    bad = ~np.isfinite(fields.reshape(n_scales, -1)).all(axis=1) if n_scales else np.zeros(0, bool)
+    stored = [fields.stored(k) for k in range(n_scales)] if isinstance(fields, ScaleFields) else fields[:n_scales]
+    bad = np.array([not np.isfinite(f).all() for f in stored], bool)
     if bad.any():
         raise ResultFileError(f"{name}: 'fields' contains NaN or infinite values (scale index "
                               f"{int(np.argmax(bad))}); the registration diverged or the file is damaged")
