@@ -1,5 +1,6 @@
 """The engine's newer parts: bending regulariser, affine stage, region of interest, estimate, threads, ETA."""
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -253,8 +254,9 @@ def test_the_full_scale_reuses_the_loss_mask_and_other_scales_threshold_theirs()
 
 
 def test_the_unet_gives_the_same_field_in_place_and_trains():
-    # LeakyReLU in place and the decoder's one-expression concatenation save inference memory;
-    # the network must compute what a plain functional pass computes, and still learn.
+    # LeakyReLU in place, the decoder's one-expression concatenation (training) and its split
+    # convolutions (inference, unet._up_block_inference) save memory; both passes must compute
+    # what a plain functional pass computes, and training must still learn.
     import torch.nn.functional as F
 
     from napari_nmsr.core.unet import UNet
@@ -283,7 +285,10 @@ def test_the_unet_gives_the_same_field_in_place_and_trains():
     with torch.no_grad():
         got = net(a, b)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    loss = (net(a, b) - 1.0).pow(2).mean()
+    trained = net(a, b)  # with autograd: the concatenating path
+    torch.testing.assert_close(trained.detach(), expected, rtol=1e-4, atol=1e-5)
+    assert float(expected.abs().max()) > 1e-2  # a field the two paths could get wrong
+    loss = (trained - 1.0).pow(2).mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     assert float(net.stem[0].weight.grad.abs().sum()) > 0
@@ -668,6 +673,52 @@ def test_guard_keeps_the_previous_field_when_a_refinement_removes_too_little_dis
     assert torch.equal(new_warped[1], old_warped[1]) == kept[1]
     assert bool(match[0] > old_match[0]) and (bool(match[1] == old_match[1]) == kept[1])
     assert RegistrationConfig().guard_gain == 0.05  # the default (benchmarks/README.md, eighth session)
+
+
+def test_settling_pairs_in_turn_over_the_old_warp_equals_settling_all_at_once():
+    # _settle_scale writes each pair's new warp over the old one (no second warp of the sequence);
+    # the guard must see the same old warps and keep the same pairs as a settle of all pairs at once.
+    rng = np.random.default_rng(3)
+    big = speckle(80, seed=7, sigma=1.5)
+    n = 5
+    moving = torch.from_numpy(np.stack([big[8:-8, 8:-8]] * n))[:, None]
+    fixed = torch.from_numpy(np.stack([np.roll(big, -2, axis=1)[8:-8, 8:-8]] * n))[:, None]
+    old = torch.zeros(n, 2, 64, 64)
+    old[:, 1] = 1.8
+    new = old.clone()
+    new[:, 1] += torch.from_numpy(rng.choice([0.1, 0.002, -0.3], n).astype(np.float32)).view(n, 1, 1)
+    new[:, 0] += torch.from_numpy(rng.normal(0, 0.05, (n, 64, 64)).astype(np.float32))
+    mask = torch.ones(n, 1, 64, 64)
+    mask[:, :, :10] = 0
+    old_warped = warp(moving, old)
+    match = engine._match(old_warped, fixed, mask, 6)
+    config = RegistrationConfig()
+
+    ref_new, ref_old_warped = new.clone(), old_warped.clone()
+    ref_warped = warp(moving, ref_new)
+    ref_match, ref_worse = engine._guard(ref_new, ref_warped, old, ref_old_warped, match, fixed, mask, 6, config.guard_gain)
+
+    warped = old_warped.clone()
+    got_warped, got_match, got_worse = engine._settle_scale(new, old, warped, match, moving, fixed, mask, config)
+    assert got_warped is warped  # written over the old warp
+    assert 0 < int(ref_worse.sum()) < n  # some pairs kept, some refined: both paths exercised
+    assert torch.equal(got_worse, ref_worse) and torch.equal(got_match, ref_match)
+    assert torch.equal(new, ref_new) and torch.equal(got_warped, ref_warped)
+    off = dataclasses.replace(config, guard=False)
+    warped = old_warped.clone()
+    got_warped, got_match, got_worse = engine._settle_scale(new, old, warped, match, moving, fixed, mask, off)
+    assert got_worse is None and got_match is match and torch.equal(got_warped, warp(moving, new))
+
+
+def test_the_affine_field_written_pair_by_pair_equals_all_pairs_at_once():
+    from napari_nmsr.core.global_motion import _field_on, _field_on_full
+
+    g = torch.Generator().manual_seed(0)
+    b, a, c = torch.randn(3, 2, generator=g) * 5, torch.randn(3, 2, 2, generator=g) * 0.05, torch.rand(3, 2, generator=g) * 30
+    grid = pixel_grid(31, 40)
+    whole = _field_on(grid, b, a, c)
+    assert float(whole.abs().max()) > 1.0
+    torch.testing.assert_close(_field_on_full(grid, b, a, c), whole, rtol=0, atol=1e-6)
 
 
 def test_a_scale_after_a_rejected_one_restarts_the_output_layer_only_then():
