@@ -287,7 +287,7 @@ def test_the_unet_gives_the_same_field_in_place_and_trains():
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     trained = net(a, b)  # with autograd: the concatenating path
     torch.testing.assert_close(trained.detach(), expected, rtol=1e-4, atol=1e-5)
-    assert float(expected.abs().max()) > 1e-2  # a field the two paths could get wrong
+    assert float(expected.detach().abs().max()) > 1e-2  # a field the two paths could get wrong
     loss = (trained - 1.0).pow(2).mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
