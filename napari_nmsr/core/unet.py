@@ -76,9 +76,6 @@ class UNet(nn.Module):
             skips.append(x)
         skips.pop()
         for layer in self.up:
-            if not torch.is_grad_enabled():  # inference: no concatenated copy (see _up_block_inference)
-                x = _up_block_inference(layer, x, skips)
-                continue
             # One expression: the upsampled x and the skip are freed once concatenated, not held
             # through the block (at the finest level of a 526x475 grid, 48 MB of inference's peak).
             size = skips[-1].shape[-2:]
@@ -89,27 +86,3 @@ class UNet(nn.Module):
                 return self.flow(x.float()).contiguous()
         return self.flow(x).contiguous()
 
-
-def _up_block_inference(layer: nn.Sequential, x: torch.Tensor, skips: list) -> torch.Tensor:
-    """``layer(cat(upsample(x), skip))`` as two convolutions summed, the skip's first.
-
-    A convolution of a concatenation is the sum of the convolutions of its
-    parts by the matching slices of the weights. Without the concatenation,
-    the finest level holds at most the upsampled x, one output and one partial
-    sum (64 channels per pixel with the default widths) instead of the skip,
-    the upsampled x and their copy (96): at one 768x1024 pair, 300 -> 200 MB of
-    the U-Net's inference peak. The same field to float rounding (the sums'
-    order differs). Training keeps the concatenation (autograd would hold
-    every part anyway).
-    """
-    conv, act = layer[0], layer[1]
-    skip = skips.pop()
-    size = skip.shape[-2:]
-    c = x.shape[1]
-    out = F.conv2d(skip, conv.weight[:, c:], conv.bias, conv.stride, conv.padding)
-    del skip  # the caller's list no longer holds it either
-    up = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    del x
-    out += F.conv2d(up, conv.weight[:, :c], None, conv.stride, conv.padding)
-    del up
-    return act(out)
