@@ -56,6 +56,11 @@ _TIPS = {
     "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window",
     "refine_interpolation": "Per-pair refinement: how frames are resampled through the field (bicubic: less "
                             "bias towards half-pixel motion in noisy frames; bilinear: as the U-Net's loss)",
+    "refine_fine_steps": "Per-pair refinement, fine pass: Adam steps of a finer residual kept only where it "
+                         "clearly raises the local match (0 = off)",
+    "refine_fine_grid": "Fine pass: its grid as a share of the frame",
+    "refine_fine_smoothness": "Fine pass: weight of its residual's bending energy",
+    "refine_fine_gain": "Fine pass: share of the local dissimilarity (1 - match) it must remove to be kept",
 }
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOLATIONS}
@@ -63,7 +68,8 @@ _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOL
 _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
            "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
            "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
-           "refine_radius": {"min": 1, "max": 64}}
+           "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
+           "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01}}
 
 
 def _split_optional(annotation):

@@ -109,7 +109,8 @@ def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
 
     from .refine import RefineSettings, refine_fields
 
-    settings = dataclasses.replace(RefineSettings.from_config(config), steps=min(config.refine_steps, 4) + 1)
+    # timed without the fine pass: its steps cost what the first pass's do (the same warp and NCC)
+    settings = dataclasses.replace(RefineSettings.from_config(config), steps=min(config.refine_steps, 4) + 1, fine_steps=0)
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
     steps = refine_fields(field, moving, fixed, mask_full, settings)
     _, total, _ = next(steps)  # the first step pays one-time costs; total = chunks x calibration steps
@@ -118,7 +119,7 @@ def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
     timed = sum(1 for _ in steps)
     _sync(device)
     per_step = (time.perf_counter() - t0) / max(timed, 1)
-    return per_step * (total // settings.steps) * config.refine_steps  # chunks x the run's steps
+    return per_step * (total // settings.steps) * (config.refine_steps + config.refine_fine_steps)  # chunks x steps
 
 
 @torch.no_grad()

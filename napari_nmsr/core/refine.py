@@ -12,7 +12,8 @@ Few parameters and a strong penalty keep it from fitting speckle where the
 field is already right (probe motion, rigid warps), while it corrects the
 smooth errors the network left (vortex cores, walls). Vortex cores that turn
 fast are the part left: the grid cannot hold them (benchmarks/README.md,
-twelfth session).
+twelfth session). A second, finer residual follows (:func:`_fine_pass`),
+kept only where it clearly raises the local match (fifteenth session).
 
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .convention import resize_field, resize_image, warp
-from .losses import bending_loss, local_cc_map, pair_masked_mean
+from .losses import bending_loss, gaussian_smooth, local_cc_map, pair_masked_mean
 
 __all__ = ["RefineSettings", "grid_size", "refine_fields", "work_size"]
 
@@ -51,11 +52,18 @@ class RefineSettings:
     max_px: int
     radius: int
     mode: str  # grid_sample's mode for resampling frame t (the config's refine_interpolation)
+    #: the gated fine pass (:func:`_fine_pass`): steps (0: none), grid share, bending weight, gain
+    fine_steps: int = 0
+    fine_grid: float = 0.25
+    fine_smoothness: float = 100.0
+    fine_gain: float = 0.1
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
         return cls(config.refine_steps, config.refine_grid, config.refine_smoothness, config.refine_lr,
-                   config.refine_max_px, config.refine_radius, config.refine_interpolation)
+                   config.refine_max_px, config.refine_radius, config.refine_interpolation,
+                   config.refine_fine_steps, config.refine_fine_grid, config.refine_fine_smoothness,
+                   config.refine_fine_gain)
 
 
 def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
@@ -90,7 +98,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
                            device=field.device).view(1, 2, 1, 1)
     to_grid = torch.tensor([(gh - 1) / max(h - 1, 1), (gw - 1) / max(w - 1, 1)], device=field.device).view(1, 2, 1, 1)
     chunks = _chunks(n, work, field.device)
-    total = len(chunks) * settings.steps
+    total = len(chunks) * (settings.steps + settings.fine_steps)
     done = 0
     for part in chunks:
         with torch.no_grad():
@@ -112,8 +120,62 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
             optimiser.step()
             done += 1
             last = step == settings.steps
-            if last:  # the chunk is finished: its residual joins the field (a host read, once per chunk)
+            if not last:
+                yield done, total, float("nan")
+                continue
+            fine = None
+            if settings.fine_steps:
+                yield done, total, float("nan")
                 with torch.no_grad():
-                    up = F.interpolate(delta.detach(), size=(h, w), mode="bilinear", align_corners=True)
-                    field[part] += up.to(field.dtype)
-            yield done, total, float(loss.detach()) if last else float("nan")
+                    start = base + F.interpolate(delta.detach(), size=work, mode="bilinear", align_corners=True) * to_work
+                fine = yield from _fine_pass(start, mov, fix, wts, (h, w), work, settings, check, done, total)
+                done += settings.fine_steps
+            with torch.no_grad():  # the chunk is finished: its residual joins the field (a host read, once per chunk)
+                field[part] += F.interpolate(delta.detach(), size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+                if fine is not None:  # full px on the work grid
+                    field[part] += F.interpolate(fine, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+            yield done, total, float(loss.detach())
+
+
+def _fine_pass(start, mov, fix, wts, full, work, settings: RefineSettings, check, done: int, total: int):
+    """A second residual on a finer grid (``fine_grid``), kept only where it clearly raises the local match.
+
+    The 1/8 grid cannot hold a fast vortex core or a sharp wall (benchmarks/README.md, twelfth
+    session: the truth projected on it is 0.7 px off in a PIV vortex core), and a finer grid
+    everywhere fits speckle noise where the field is already right. So the finer residual is
+    fitted everywhere, then weighted, pixel by pixel, by how much it raised the local NCC (the
+    loss's data term, both maps smoothed over one fine grid spacing): 0 where it removed less
+    than ``fine_gain`` of the dissimilarity left (1 - match), as fitting noise does, rising to 1
+    at twice that; the weight is smoothed too, so the field stays smooth. The guard's test
+    (:func:`~.register._guard`), made local. Yields progress as ``refine_fields`` does; returns
+    the kept residual (N, 2, work h, work w) in full-resolution pixels.
+    """
+    h, w = full
+    gh, gw = grid_size(full, settings.fine_grid)
+    to_work = torch.tensor([(work[0] - 1) / max(h - 1, 1), (work[1] - 1) / max(w - 1, 1)],
+                           device=start.device).view(1, 2, 1, 1)
+    to_grid = torch.tensor([(gh - 1) / max(h - 1, 1), (gw - 1) / max(w - 1, 1)], device=start.device).view(1, 2, 1, 1)
+    delta = torch.zeros(start.shape[0], 2, gh, gw, device=start.device, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=settings.lr)
+    total_here = done + settings.fine_steps
+    for _ in range(settings.fine_steps):
+        if check is not None:
+            check()
+        up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
+        cc = local_cc_map(warp(mov, start + up, settings.mode), fix, settings.radius)
+        loss = -pair_masked_mean(cc, wts).mean() + settings.fine_smoothness * bending_loss(delta * to_grid)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        done += 1
+        if done < total_here:  # the last step is reported by the caller, with the chunk's loss
+            yield done, total, float("nan")
+    with torch.no_grad():
+        residual = F.interpolate(delta.detach(), size=work, mode="bilinear", align_corners=True)  # full px
+        sigma = max(work) / max(gh, gw)  # one fine grid spacing, in work px
+        before = gaussian_smooth(local_cc_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
+        after = gaussian_smooth(local_cc_map(warp(mov, start + residual * to_work, settings.mode), fix,
+                                             settings.radius), sigma)
+        need = settings.fine_gain * (1.0 - before).clamp_min(1e-3)
+        keep = gaussian_smooth(((after - before - need) / need).clamp(0.0, 1.0), sigma)
+        return residual * keep
