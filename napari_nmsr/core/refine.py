@@ -12,7 +12,7 @@ Few parameters and a strong penalty keep it from fitting speckle where the
 field is already right (probe motion, rigid warps), while it corrects the
 smooth errors the network left (vortex cores, walls). Vortex cores that turn
 fast are the part left: the grid cannot hold them (benchmarks/README.md,
-twelfth session). A second, finer residual follows (:func:`_fine_pass`),
+twelfth session). A second, finer residual follows (:func:`_kept_where_it_helps`),
 kept only where it clearly raises the local match (fifteenth session).
 
 Frames larger than ``max_px`` on the short side are refined at that size
@@ -52,7 +52,7 @@ class RefineSettings:
     max_px: int
     radius: int
     mode: str  # grid_sample's mode for resampling frame t (the config's refine_interpolation)
-    #: the gated fine pass (:func:`_fine_pass`): steps (0: none), grid share, bending weight, gain
+    #: the gated fine pass (:func:`_kept_where_it_helps`): steps (0: none), grid share, bending weight, gain
     fine_steps: int = 0
     fine_grid: float = 0.25
     fine_smoothness: float = 100.0
@@ -93,10 +93,8 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     """
     n, _, h, w = field.shape
     work = work_size((h, w), settings.max_px)
-    gh, gw = grid_size((h, w), settings.grid)
-    to_work = torch.tensor([(work[0] - 1) / max(h - 1, 1), (work[1] - 1) / max(w - 1, 1)],
-                           device=field.device).view(1, 2, 1, 1)
-    to_grid = torch.tensor([(gh - 1) / max(h - 1, 1), (gw - 1) / max(w - 1, 1)], device=field.device).view(1, 2, 1, 1)
+    coarse, fine_grid = grid_size((h, w), settings.grid), grid_size((h, w), settings.fine_grid)
+    to_work = _to_size((h, w), work, field.device)
     chunks = _chunks(n, work, field.device)
     total = len(chunks) * (settings.steps + settings.fine_steps)
     done = 0
@@ -106,39 +104,68 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
             fix = resize_image(fixed[part].float(), work)
             wts = None if mask is None else (resize_image(mask[part].float(), work) > 0.5).float()
             base = resize_field(field[part].float(), work)
-        # the residual in full-resolution pixels on the coarse grid
-        delta = torch.zeros(base.shape[0], 2, gh, gw, device=field.device, requires_grad=True)
-        optimiser = torch.optim.Adam([delta], lr=settings.lr)
-        for step in range(1, settings.steps + 1):
-            if check is not None:
-                check()
-            up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-            cc = local_cc_map(warp(mov, base + up, settings.mode), fix, settings.radius)
-            loss = -pair_masked_mean(cc, wts).mean() + settings.smoothness * bending_loss(delta * to_grid)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            done += 1
-            last = step == settings.steps
-            if not last:
-                yield done, total, float("nan")
-                continue
-            fine = None
-            if settings.fine_steps:
-                yield done, total, float("nan")
-                with torch.no_grad():
-                    start = base + F.interpolate(delta.detach(), size=work, mode="bilinear", align_corners=True) * to_work
-                fine = yield from _fine_pass(start, mov, fix, wts, (h, w), work, settings, check, done, total)
-                done += settings.fine_steps
-            with torch.no_grad():  # the chunk is finished: its residual joins the field (a host read, once per chunk)
-                field[part] += F.interpolate(delta.detach(), size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
-                if fine is not None:  # full px on the work grid
-                    field[part] += F.interpolate(fine, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
-            yield done, total, float(loss.detach())
+        end = done + settings.steps + settings.fine_steps  # the chunk's last step, reported with its loss
+        fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, settings.smoothness, settings.steps, settings, check)
+        delta, loss, done = yield from _report_steps(fit, done, total, end)
+        fine = None
+        if settings.fine_steps:
+            with torch.no_grad():
+                start = base + F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
+            fit = _fit_residual(start, mov, fix, wts, (h, w), work, fine_grid, settings.fine_smoothness,
+                                settings.fine_steps, settings, check)
+            fine_delta, _, done = yield from _report_steps(fit, done, total, end)
+            fine = _kept_where_it_helps(fine_delta, start, mov, fix, (h, w), work, settings)
+        with torch.no_grad():  # the chunk is finished: its residual joins the field (a host read, once per chunk)
+            field[part] += F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+            if fine is not None:  # full px on the work grid
+                field[part] += F.interpolate(fine, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+        yield done, total, float(loss.detach())
 
 
-def _fine_pass(start, mov, fix, wts, full, work, settings: RefineSettings, check, done: int, total: int):
-    """A second residual on a finer grid (``fine_grid``), kept only where it clearly raises the local match.
+def _to_size(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tensor:
+    """(1, 2, 1, 1) factors taking full-resolution pixels to pixels of a grid of ``size`` (align-corners)."""
+    return torch.tensor([(size[0] - 1) / max(full[0] - 1, 1), (size[1] - 1) / max(full[1] - 1, 1)],
+                        device=device).view(1, 2, 1, 1)
+
+
+def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness: float, steps: int, settings: RefineSettings, check):
+    """Adam on a residual on ``grid`` added to ``base`` (a field in work-grid px): the masked local
+    NCC of frame t resampled through it, plus ``smoothness`` x the grid's bending energy. Yields
+    each step's loss (a tensor); returns the residual (N, 2, *grid) in full-resolution px."""
+    to_work, to_grid = _to_size(full, work, base.device), _to_size(full, grid, base.device)
+    delta = torch.zeros(base.shape[0], 2, *grid, device=base.device, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=settings.lr)
+    for _ in range(steps):
+        if check is not None:
+            check()
+        up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
+        cc = local_cc_map(warp(mov, base + up, settings.mode), fix, settings.radius)
+        loss = -pair_masked_mean(cc, wts).mean() + smoothness * bending_loss(delta * to_grid)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        yield loss
+    return delta.detach()
+
+
+def _report_steps(fit, done: int, total: int, end: int):
+    """Drive a :func:`_fit_residual`, yielding (step done, steps in all, NaN) for each step before
+    ``end`` (that one is reported by the caller, with the loss: read back once per chunk).
+    Returns (residual, last loss tensor, steps done)."""
+    loss = None
+    while True:
+        try:
+            loss = next(fit)
+        except StopIteration as stop:
+            return stop.value, loss, done
+        done += 1
+        if done < end:
+            yield done, total, float("nan")
+
+
+@torch.no_grad()
+def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSettings) -> torch.Tensor:
+    """The fine pass's residual ``delta`` (on the ``fine_grid``), kept only where it clearly raises the local match.
 
     The 1/8 grid cannot hold a fast vortex core or a sharp wall (benchmarks/README.md, twelfth
     session: the truth projected on it is 0.7 px off in a PIV vortex core), and a finer grid
@@ -147,35 +174,13 @@ def _fine_pass(start, mov, fix, wts, full, work, settings: RefineSettings, check
     loss's data term, both maps smoothed over one fine grid spacing): 0 where it removed less
     than ``fine_gain`` of the dissimilarity left (1 - match), as fitting noise does, rising to 1
     at twice that; the weight is smoothed too, so the field stays smooth. The guard's test
-    (:func:`~.register._guard`), made local. Yields progress as ``refine_fields`` does; returns
-    the kept residual (N, 2, work h, work w) in full-resolution pixels.
+    (:func:`~.register._guard`), made local. Returns (N, 2, work h, work w) in full-resolution px.
     """
-    h, w = full
-    gh, gw = grid_size(full, settings.fine_grid)
-    to_work = torch.tensor([(work[0] - 1) / max(h - 1, 1), (work[1] - 1) / max(w - 1, 1)],
-                           device=start.device).view(1, 2, 1, 1)
-    to_grid = torch.tensor([(gh - 1) / max(h - 1, 1), (gw - 1) / max(w - 1, 1)], device=start.device).view(1, 2, 1, 1)
-    delta = torch.zeros(start.shape[0], 2, gh, gw, device=start.device, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=settings.lr)
-    total_here = done + settings.fine_steps
-    for _ in range(settings.fine_steps):
-        if check is not None:
-            check()
-        up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-        cc = local_cc_map(warp(mov, start + up, settings.mode), fix, settings.radius)
-        loss = -pair_masked_mean(cc, wts).mean() + settings.fine_smoothness * bending_loss(delta * to_grid)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        done += 1
-        if done < total_here:  # the last step is reported by the caller, with the chunk's loss
-            yield done, total, float("nan")
-    with torch.no_grad():
-        residual = F.interpolate(delta.detach(), size=work, mode="bilinear", align_corners=True)  # full px
-        sigma = max(work) / max(gh, gw)  # one fine grid spacing, in work px
-        before = gaussian_smooth(local_cc_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
-        after = gaussian_smooth(local_cc_map(warp(mov, start + residual * to_work, settings.mode), fix,
-                                             settings.radius), sigma)
-        need = settings.fine_gain * (1.0 - before).clamp_min(1e-3)
-        keep = gaussian_smooth(((after - before - need) / need).clamp(0.0, 1.0), sigma)
-        return residual * keep
+    to_work = _to_size(full, work, start.device)
+    residual = F.interpolate(delta, size=work, mode="bilinear", align_corners=True)  # full px
+    sigma = max(work) / max(delta.shape[-2:])  # one fine grid spacing, in work px
+    before = gaussian_smooth(local_cc_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
+    after = gaussian_smooth(local_cc_map(warp(mov, start + residual * to_work, settings.mode), fix, settings.radius), sigma)
+    need = settings.fine_gain * (1.0 - before).clamp_min(1e-3)
+    keep = gaussian_smooth(((after - before - need) / need).clamp(0.0, 1.0), sigma)
+    return residual * keep
