@@ -145,8 +145,8 @@ def test_consistency_worker_stops_on_shutdown(make_napari_viewer, qtbot):
     qtbot.addWidget(section)
     worker = section.consistency.check()
     assert worker is not None
-    # the one (finest) scale's 5000 steps and the refinement that ends it
-    total = 5000 + RegistrationConfig().refine_steps
+    # the one (finest) scale's 5000 steps and the refinement that ends it (both its passes)
+    total = 5000 + RegistrationConfig().refine_steps + RegistrationConfig().refine_fine_steps
     qtbot.waitUntil(lambda: f"step 2 of {total}" in section.consistency.status.text(), timeout=60_000)
     section.shutdown()
     assert not worker.is_running  # the thread has returned, not just been asked to
