@@ -213,7 +213,7 @@ def _write_npz(path, payload: dict) -> None:
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, value in payload.items():
             with zf.open(key + ".npy", "w", force_zip64=True) as fid:
-                if key == "fields":
+                if isinstance(value, ScaleFields):
                     write_npy(fid, value)
                 else:
                     np.lib.format.write_array(fid, np.asanyarray(value), allow_pickle=False)

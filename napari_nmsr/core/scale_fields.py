@@ -55,10 +55,6 @@ class ScaleFields:
         return (len(self._scales),) + self._scales[0].shape
 
     @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
     def stored_nbytes(self) -> int:
         """Bytes held (coarse scales at their stored precision)."""
         return sum(f.nbytes for f in self._scales)
@@ -101,21 +97,11 @@ class ScaleFields:
         return f"ScaleFields(shape={self.shape}, stored as {kinds or 'nothing'})"
 
 
-def write_npy(fid, fields) -> None:
-    """Write ``fields`` (a :class:`ScaleFields` or an array) to an open binary file as a float32 ``.npy``,
-    one frame pair at a time (the file is what ``np.save`` of the float32 array writes)."""
-    if not isinstance(fields, ScaleFields):
-        np.lib.format.write_array(fid, np.asarray(fields, np.float32), allow_pickle=False)
-        return
+def write_npy(fid, fields: ScaleFields) -> None:
+    """Write ``fields`` to an open binary file as the float32 ``.npy`` that ``np.save`` of
+    ``np.asarray(fields)`` writes, one frame pair at a time."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": fields.shape}
-    np.lib.format.write_array_header_1_0(fid, header) if _fits_1_0(header) else \
-        np.lib.format.write_array_header_2_0(fid, header)
+    np.lib.format.write_array_header_1_0(fid, header)  # five dimensions: far below the 1.0 header's 64 KiB
     for k in range(len(fields)):
-        stored = fields.stored(k)
-        for pair in stored:
+        for pair in fields.stored(k):
             fid.write(np.ascontiguousarray(pair, dtype="<f4").tobytes())
-
-
-def _fits_1_0(header: dict) -> bool:
-    # a version 1.0 header holds at most 65535 bytes (numpy's own rule); ours is ~100
-    return len(repr(header)) < 65000
