@@ -12,8 +12,11 @@ register what is left (:mod:`napari_nmsr.core.register`).
 The field is ``u(p) = b + A (p - c)`` in the project convention
 (:mod:`napari_nmsr.core.convention`: pull, (dy, dx), px of the full frame),
 with ``c`` the centre of the region (mask centroid of the fixed frame, else
-the image centre) so that translation and rotation are well separated. A pair
-whose fitted affine matches worse than no motion keeps no motion.
+the image centre) so that translation and rotation are well separated. The
+fit starts from phase correlation's translation and from the best of a set of
+turns where they match clearly better (moves and turns beyond the pyramid's
+capture from no motion). A pair whose fitted affine matches worse than no
+motion keeps no motion.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ _LR = ((0.02, 0.01), (0.006, 0.004), (0.002, 0.0015))
 PHASE_SIZE = 128
 PHASE_MIN_SHIFT = 1.0 / 32
 PHASE_MAX_SHIFT = 1.0 / 4
+#: Turns (rad, both senses) tried as a start on the same level. From no motion the pyramid captures
+#: turns up to about 0.1 rad (the rim of a region a third of the frame wide moves a pixel of the
+#: 32 px level), so a pair starts its fit from a turn about the region's centre (on top of its
+#: translation start) only when the masked local NCC there is highest at a turn of at least
+#: ROTATION_MIN and clearly above the translation start's: by ROTATION_GAIN of the dissimilarity
+#: left (a real turn of speckle is a sharp peak, 3-4x no motion's match on the tuning disks; probe
+#: motion turning 0.02-0.05 rad gave flat curves whose maximum was 0.06 above). Steps of 0.025 rad
+#: leave the start within about a pixel of the 128 px level at the rim. Without it a phantom disk
+#: turning 0.2-0.26 rad per frame lost single pairs or the whole rotation (tuning disk 5: one pair
+#: 7.9 px off after this stage; a held-out disk decided by rounding alone).
+ROTATION_STARTS = tuple(s * k * 0.025 for k in range(1, 21) for s in (1.0, -1.0))
+ROTATION_MIN = 0.1
+ROTATION_GAIN = 0.2
 
 
 def _level_size(full: tuple[int, int], long_side: int) -> tuple[int, int]:
@@ -81,7 +97,8 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
 
     Returns (N, 2, H, W) float32, px of the full frame, project convention.
     ``cancel()`` is polled every step (raise from it to stop). ``phase_start``: start
-    pairs that moved far from phase correlation's translation (see PHASE_MIN_SHIFT).
+    pairs that moved far from phase correlation's translation (see PHASE_MIN_SHIFT), and
+    pairs that turned far from the best of ROTATION_STARTS.
     """
     n, _, H, W = fixed.shape
     device = fixed.device
@@ -94,10 +111,11 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
     else:
         c = torch.tensor([(H - 1) / 2.0, (W - 1) / 2.0], device=device).expand(n, 2).clone()
     t = torch.zeros(n, 2, device=device, requires_grad=True)  # translation / half
+    a = torch.zeros(n, 2, 2, device=device, requires_grad=True)
     if phase_start:
         with torch.no_grad():
             t.copy_(_phase_start(moving, fixed, mask, radius) / half)
-    a = torch.zeros(n, 2, 2, device=device, requires_grad=True)
+            a.copy_(_rotation_start(moving, fixed, mask, radius, t * half, c))
     levels = []
     for long_side in sizes:
         size = _level_size((H, W), long_side)
@@ -168,3 +186,30 @@ def _phase_start(moving, fixed, mask, radius) -> torch.Tensor:
         cc_none = pair_masked_mean(local_cc_map(mv[idx], fx[idx], radius), w)
         far[idx] = cc_shift > cc_none
     return torch.where(far[:, None], level * to_full, torch.zeros_like(level))
+
+
+def _rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """(K,) turns (rad) -> (K, 2, 2) matrices A of ``u = b + A (p - c)`` that turn by theta."""
+    cos, sin = torch.cos(theta) - 1.0, torch.sin(theta)
+    return torch.stack((torch.stack((cos, sin), -1), torch.stack((-sin, cos), -1)), -2)
+
+
+@torch.no_grad()
+def _rotation_start(moving, fixed, mask, radius, b, c) -> torch.Tensor:
+    """(N, 2, 2) affine matrix to start each pair's fit from: the turn of ROTATION_STARTS about
+    ``c`` (N, 2, full px) on top of the translation start ``b`` (N, 2, full px) whose masked local
+    NCC on the <= PHASE_SIZE px level is highest, where that turn is at least ROTATION_MIN and beats
+    ``b`` alone by ROTATION_GAIN of the dissimilarity left; zero elsewhere."""
+    n, _, H, W = fixed.shape
+    size = _level_size((H, W), PHASE_SIZE)
+    mv, fx, weight = _at_size(moving, fixed, mask, size)
+    factor = torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=fixed.device)
+    grid = pixel_grid(*size, device=fixed.device) * factor.view(2, 1, 1)
+    thetas = torch.tensor((0.0,) + ROTATION_STARTS, device=fixed.device)
+    mats = _rotation_matrix(thetas)
+    scores = torch.stack([
+        pair_masked_mean(local_cc_map(warp(mv, _field_on(grid, b, m.expand(n, 2, 2), c) / factor.view(1, 2, 1, 1)), fx, radius), weight)
+        for m in mats])  # (K, N); row 0: the translation start alone
+    top, best = scores.max(dim=0)
+    clear = (thetas[best].abs() >= ROTATION_MIN - 1e-6) & (top >= scores[0] + ROTATION_GAIN * (1.0 - scores[0]))
+    return mats[torch.where(clear, best, torch.zeros_like(best))]
