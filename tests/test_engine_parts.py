@@ -683,20 +683,27 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
         assert result.refined is None and loaded.refined is None and "/3" not in table
 
 
+def _shifted_pair(move, size, margin, sigma):
+    """Two copies of a pair of speckle frames ``move`` px apart along x, and a field maker: shift(a, b)
+    gives pair 0 the pull shift a and pair 1 the shift b (px along x)."""
+    big = speckle(size + 2 * margin, seed=5, sigma=sigma)
+    fixed = torch.from_numpy(np.roll(big, -move, axis=1)[margin:-margin, margin:-margin])[None, None].repeat(2, 1, 1, 1)
+    moving = torch.from_numpy(big[margin:-margin, margin:-margin])[None, None].repeat(2, 1, 1, 1)
+
+    def shift(*values):
+        f = torch.zeros(2, 2, size, size)
+        f[:, 1] = torch.tensor(values).view(2, 1, 1)
+        return f
+
+    return moving, fixed, shift
+
+
 @pytest.mark.parametrize("gain, kept", [(0.05, [False, True]), (0.0, [False, False])])
 def test_guard_keeps_the_previous_field_when_a_refinement_removes_too_little_dissimilarity(gain, kept):
     # Both pairs start 0.2 px short of the true 2 px shift. Pair 0 is refined to 1.9 px (removes ~30 %
     # of the dissimilarity 1 - match), pair 1 to 1.802 px (~1 %, what a noise fit gives): at
     # guard_gain 0.05 pair 1 keeps its previous field, at 0 any improvement is taken.
-    big = speckle(80, seed=5, sigma=1.5)
-    fixed = torch.from_numpy(np.roll(big, -2, axis=1)[8:-8, 8:-8])[None, None].repeat(2, 1, 1, 1)
-    moving = torch.from_numpy(big[8:-8, 8:-8])[None, None].repeat(2, 1, 1, 1)
-
-    def shift(*values):
-        f = torch.zeros(2, 2, 64, 64)
-        f[:, 1] = torch.tensor(values).view(2, 1, 1)
-        return f
-
+    moving, fixed, shift = _shifted_pair(2, 64, 8, 1.5)
     old, new = shift(1.8, 1.8), shift(1.9, 1.802)
     old_warped, new_warped = warp(moving, old), warp(moving, new)
     old_match = engine._match(old_warped, fixed, None, 6)
@@ -715,15 +722,7 @@ def test_guard_judges_a_large_change_on_frames_shrunk_until_it_is_sub_pixel():
     # than no motion, so it is kept. Pair 1 had the motion (10 px) and is moved 1.2 px off it, as a
     # 1/8 scale did to a phantom disk's pair (tuning disk 6): worse there too, so it is rejected.
     # Without ``min_px`` every change of a pixel or more is taken, as before.
-    big = speckle(128, seed=5, sigma=0.5)
-    fixed = torch.from_numpy(np.roll(big, -10, axis=1)[16:-16, 16:-16])[None, None].repeat(2, 1, 1, 1)
-    moving = torch.from_numpy(big[16:-16, 16:-16])[None, None].repeat(2, 1, 1, 1)
-
-    def shift(*values):
-        f = torch.zeros(2, 2, 96, 96)
-        f[:, 1] = torch.tensor(values).view(2, 1, 1)
-        return f
-
+    moving, fixed, shift = _shifted_pair(10, 96, 16, 0.5)
     old = shift(0.0, 10.0)
     old_warped = warp(moving, old)
     old_match = engine._match(old_warped, fixed, None, 6)
