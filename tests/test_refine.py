@@ -83,6 +83,19 @@ def test_the_engine_ends_with_the_refinement_reports_it_and_the_paper_preset_has
         assert done[-1].steps_run == n
     plain = register(frames, config=RegistrationConfig(refine_steps=0, **cfg))
     assert not np.allclose(done[-1].field, plain.fields[-1])  # the stage changed the final field
+    # Pairs refined in several chunks run the stage's steps once per chunk; the scale's count stays n.
+    import napari_nmsr.core.refine as refine_module
+
+    three = np.concatenate([frames, frames[::-1], frames])  # 5 pairs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(refine_module.PIXELS_AT_ONCE, "cpu", 2 * 64 * 64)  # two pairs per chunk: three chunks
+        patch.setitem(refine_module.PIXELS_AT_ONCE, "cuda", 2 * 64 * 64)
+        patch.setitem(refine_module.PIXELS_AT_ONCE, "mps", 2 * 64 * 64)
+        events = list(register_iter(three, config=RegistrationConfig(refine_steps=7, refine_fine_steps=5, **cfg)))
+    last = [e for e in events if isinstance(e, Progress) and e.scale_index == 1]
+    steps = [e.step for e in last]
+    assert {e.n_steps for e in last} == {14} and steps == sorted(steps) and steps[-1] == 14
+    assert len(steps) > 3 * 12  # every step of every chunk was reported
     assert PRESETS["paper"]["refine_steps"] == 0
     with pytest.raises(ValueError, match="refine_steps"):
         RegistrationConfig(refine_steps=-1)

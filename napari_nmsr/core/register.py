@@ -537,8 +537,10 @@ def register_iter(
                 if not math.isnan(value):
                     loss_value = value
                 done = sum(plan[: k + 1]) + plan[k + 1] + plan[k + 2] * done_steps / max(total, 1)
-                yield Progress(k, len(scales), s, n_steps + done_steps, n_steps + total, loss_value,
-                               time.perf_counter() - run_started, min(1.0, done))
+                # The stage runs its steps once per chunk of pairs; shown as the scale's own count
+                # (a run of 170 steps did not become one of 320 halfway through it).
+                yield Progress(k, len(scales), s, n_steps + round(extra * done_steps / max(total, 1)), n_steps + extra,
+                               loss_value, time.perf_counter() - run_started, min(1.0, done))
             step += settings.steps + settings.fine_steps  # the scale's steps run (it may stop early) and the refinement's
             del warped_full  # every field changed: warp again, without the old warp beside the new one
             release_host_memory()  # the refinement's many small buffers, before the last full-frame work
