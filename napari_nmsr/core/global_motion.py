@@ -74,6 +74,19 @@ def _at_size(moving, fixed, mask, size):
     return resize_image(moving, size), resize_image(fixed, size), weight
 
 
+def _top_level(moving, fixed, mask):
+    """(size, frames t, t+1, weights) on the <= PHASE_SIZE px level, where the starts are chosen
+    and the fit is checked against no motion: resampled once per run and shared by them."""
+    size = _level_size(tuple(fixed.shape[-2:]), PHASE_SIZE)
+    return (size, *_at_size(moving, fixed, mask, size))
+
+
+def _to_full(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tensor:
+    """(2,) factors taking px of a level of ``size`` to px of the ``full`` frame (align-corners)."""
+    return torch.tensor([(full[0] - 1) / max(size[0] - 1, 1), (full[1] - 1) / max(size[1] - 1, 1)],
+                        device=device)
+
+
 def _field_on(grid_full: torch.Tensor, b: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """u(p) = b + A (p - c) at full-resolution points grid_full (2, h, w) -> (N, 2, h, w) full px."""
     d = grid_full[None] - c[:, :, None, None]  # (N, 2, h, w)
@@ -112,10 +125,11 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
         c = torch.tensor([(H - 1) / 2.0, (W - 1) / 2.0], device=device).expand(n, 2).clone()
     t = torch.zeros(n, 2, device=device, requires_grad=True)  # translation / half
     a = torch.zeros(n, 2, 2, device=device, requires_grad=True)
+    top = _top_level(moving, fixed, mask)
     if phase_start:
         with torch.no_grad():
-            t.copy_(_phase_start(moving, fixed, mask, radius) / half)
-            a.copy_(_rotation_start(moving, fixed, mask, radius, t * half, c))
+            t.copy_(_phase_start(moving, fixed, mask, radius, top) / half)
+            a.copy_(_rotation_start(moving, fixed, mask, radius, t * half, c, top))
     levels = []
     for long_side in sizes:
         size = _level_size((H, W), long_side)
@@ -123,11 +137,9 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
             continue
         levels.append(size)
     for li, size in enumerate(levels):
-        h, w = size
-        mv, fx, mk = _at_size(moving, fixed, mask, size)
-        fy, fxs = (H - 1) / max(h - 1, 1), (W - 1) / max(w - 1, 1)
-        factor = torch.tensor([fy, fxs], device=device).view(1, 2, 1, 1)
-        grid_full = pixel_grid(h, w, device=device) * factor[0]
+        mv, fx, mk = top[1:] if size == top[0] else _at_size(moving, fixed, mask, size)
+        factor = _to_full((H, W), size, device).view(1, 2, 1, 1)
+        grid_full = pixel_grid(*size, device=device) * factor[0]
         lr_t, lr_a = _LR[min(li, len(_LR) - 1)]
         opt = torch.optim.Adam([{"params": [t], "lr": lr_t}, {"params": [a], "lr": lr_a}])
         n_steps = steps[min(li, len(steps) - 1)]
@@ -141,35 +153,34 @@ def affine_fields(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor 
             opt.step()
     with torch.no_grad():
         field = _field_on_full(pixel_grid(H, W, device=device), t * half, a, c)
-        keep = _better_than_identity(moving, fixed, mask, field, radius)
+        keep = _better_than_identity(moving, fixed, mask, field, radius, top)
         field[~keep] = 0.0
     return field.detach()
 
 
 @torch.no_grad()
-def _better_than_identity(moving, fixed, mask, field, radius) -> torch.Tensor:
-    """(N,) bool: the affine field's local CC beats no motion (checked on a <=128 px grid)."""
-    size = _level_size(tuple(fixed.shape[-2:]), 128)
-    mv, fx, weight = _at_size(moving, fixed, mask, size)
+def _better_than_identity(moving, fixed, mask, field, radius, top=None) -> torch.Tensor:
+    """(N,) bool: the affine field's local CC beats no motion (checked on the :func:`_top_level`)."""
+    size, mv, fx, weight = top or _top_level(moving, fixed, mask)
     cc_affine = pair_masked_mean(local_cc_map(warp(mv, resize_field(field, size)), fx, radius), weight)
     cc_identity = pair_masked_mean(local_cc_map(mv, fx, radius), weight)
     return cc_affine >= cc_identity
 
 
 @torch.no_grad()
-def _phase_start(moving, fixed, mask, radius) -> torch.Tensor:
+def _phase_start(moving, fixed, mask, radius, top=None) -> torch.Tensor:
     """(N, 2) translation (full px, pull) to start each pair's fit from; zero where it should not.
 
     scikit-image's phase correlation of the whole frames on a <= PHASE_SIZE px level; kept for a
     pair only when it is at least PHASE_MIN_SHIFT of the long side (a start from no motion finds
     smaller moves itself), at most PHASE_MAX_SHIFT, and its masked local NCC beats no motion's.
+    ``top``: :func:`_top_level`'s frames, if the caller has them.
     """
     from skimage.registration import phase_cross_correlation
 
     n, _, H, W = fixed.shape
-    size = _level_size((H, W), PHASE_SIZE)
-    mv, fx, weight = _at_size(moving, fixed, mask, size)
-    to_full = torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=fixed.device)
+    size, mv, fx, weight = top or _top_level(moving, fixed, mask)
+    to_full = _to_full((H, W), size, fixed.device)
     shifts = np.zeros((n, 2), np.float32)
     a, b = mv[:, 0].float().cpu().numpy(), fx[:, 0].float().cpu().numpy()
     for i in range(n):
@@ -195,15 +206,15 @@ def _rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _rotation_start(moving, fixed, mask, radius, b, c) -> torch.Tensor:
+def _rotation_start(moving, fixed, mask, radius, b, c, top=None) -> torch.Tensor:
     """(N, 2, 2) affine matrix to start each pair's fit from: the turn of ROTATION_STARTS about
     ``c`` (N, 2, full px) on top of the translation start ``b`` (N, 2, full px) whose masked local
     NCC on the <= PHASE_SIZE px level is highest, where that turn is at least ROTATION_MIN and beats
-    ``b`` alone by ROTATION_GAIN of the dissimilarity left; zero elsewhere."""
+    ``b`` alone by ROTATION_GAIN of the dissimilarity left; zero elsewhere. ``top``: as
+    :func:`_phase_start`'s."""
     n, _, H, W = fixed.shape
-    size = _level_size((H, W), PHASE_SIZE)
-    mv, fx, weight = _at_size(moving, fixed, mask, size)
-    factor = torch.tensor([(H - 1) / max(size[0] - 1, 1), (W - 1) / max(size[1] - 1, 1)], device=fixed.device)
+    size, mv, fx, weight = top or _top_level(moving, fixed, mask)
+    factor = _to_full((H, W), size, fixed.device)
     grid = pixel_grid(*size, device=fixed.device) * factor.view(2, 1, 1)
     thetas = torch.tensor((0.0,) + ROTATION_STARTS, device=fixed.device)
     mats = _rotation_matrix(thetas)
