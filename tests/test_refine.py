@@ -190,3 +190,52 @@ def test_the_gated_fine_pass_corrects_a_core_the_coarse_grid_cannot_hold_and_lea
     assert (s.fine_steps, s.fine_gain) == (30, 0.1)
     with pytest.raises(ValueError, match="refine_fine_gain"):
         RegistrationConfig(refine_fine_gain=0.0)
+
+
+def test_pairs_the_affine_stage_did_not_explain_get_the_softer_bending_weight():
+    """A weight per pair: the pair flagged ``deforming`` is fitted with ``smoothness_deforming``."""
+    moving, fixed, truth = smooth_pair()
+    moving, fixed = moving.repeat(2, 1, 1, 1), fixed.repeat(2, 1, 1, 1)
+    truth2 = np.concatenate([truth, truth])
+    stiff = settings(smoothness=20000.0, smoothness_deforming=50.0)
+
+    def errors(deforming):
+        field = torch.zeros(2, 2, 96, 96)
+        list(refine_fields(field, moving, fixed, None, stiff, deforming=deforming))
+        return [epe(field.numpy()[i : i + 1], truth2[i : i + 1]) for i in range(2)]
+
+    soft, hard = errors(torch.tensor([True, False]))
+    assert soft < 0.8 * hard, (soft, hard)
+    assert errors(None) == pytest.approx([hard, hard], abs=1e-6)  # no flags: the one weight for all
+    assert errors(torch.tensor([True, True])) == pytest.approx([soft, soft], abs=1e-6)
+    assert settings().smoothness_deforming == settings().smoothness  # unset: the same weight
+    cfg = RegistrationConfig(refine_smoothness=400.0, refine_smoothness_deforming=30.0)
+    assert RefineSettings.from_config(cfg).smoothness_deforming == 30.0
+    with pytest.raises(ValueError, match="refine_smoothness_deforming"):
+        RegistrationConfig(refine_smoothness_deforming=-1.0)
+
+
+def test_the_engine_flags_as_deforming_the_pairs_for_which_the_guard_kept_a_u_net_scale(monkeypatch):
+    import napari_nmsr.core.register as register_module
+
+    seen, script = [], iter([[True, False, True], [True, True, False]])  # per scale: pairs the guard kept back
+    real_refine, real_settle = register_module.refine_fields, register_module._settle_scale
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("deforming"))
+        return real_refine(*args, **kwargs)
+
+    def scripted(*args):
+        warped, match, worse = real_settle(*args)
+        return warped, match, None if worse is None else torch.tensor(next(script))
+
+    monkeypatch.setattr(register_module, "refine_fields", spy)
+    monkeypatch.setattr(register_module, "_settle_scale", scripted)
+    moving, fixed, _ = smooth_pair(64)
+    frames = torch.cat([moving[0], fixed[0], moving[0], fixed[0]]).numpy()
+    cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), min_scale_px=16, refine_steps=3,
+               refine_fine_steps=0)
+    list(register_iter(frames, config=RegistrationConfig(**cfg)))
+    assert seen[-1].cpu().numpy().tolist() == [False, True, True]  # kept by the 1/1 scale, by the 1/2 scale
+    list(register_iter(frames, config=RegistrationConfig(guard=False, **cfg)))
+    assert seen[-1] is None  # no guard: every pair gets the one weight

@@ -51,6 +51,8 @@ _TIPS = {
     "refine_steps": "Per-pair refinement at the end: Adam steps (0 = off)",
     "refine_grid": "Per-pair refinement: its grid as a share of the frame (smaller = smoother residual)",
     "refine_smoothness": "Per-pair refinement: weight of the residual's bending energy",
+    "refine_smoothness_deforming": "Per-pair refinement: the bending weight for pairs whose motion is more than affine "
+                                   "(the guard kept a U-Net scale's field for them)",
     "refine_lr": "Per-pair refinement: Adam learning rate (px per step)",
     "refine_max_px": "Per-pair refinement: frames are refined at most this many px on the short side",
     "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window",
@@ -67,7 +69,8 @@ _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOL
 #: Spin-box limits narrower than the defaults (the config refuses values outside them).
 _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
            "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
-           "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
+           "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_smoothness_deforming": {"min": 0.0, "max": 1e6},
+           "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
            "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
            "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01}}
 

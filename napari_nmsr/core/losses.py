@@ -83,8 +83,8 @@ def smoothness_loss(field: torch.Tensor) -> torch.Tensor:
     return (dy * dy).mean() + (dx * dx).mean()
 
 
-def bending_loss(field: torch.Tensor) -> torch.Tensor:
-    """Bending energy ``mean(u_yy^2 + 2 u_xy^2 + u_xx^2)`` of a field (N, 2, H, W).
+def bending_loss(field: torch.Tensor, per_pair: bool = False) -> torch.Tensor:
+    """Bending energy ``mean(u_yy^2 + 2 u_xy^2 + u_xx^2)`` of a field (N, 2, H, W); (N,) with ``per_pair``.
 
     Second differences are zero for every affine field (translation, rotation,
     shear, scaling), so unlike :func:`smoothness_loss` this term never shrinks
@@ -95,6 +95,8 @@ def bending_loss(field: torch.Tensor) -> torch.Tensor:
     uxx = field[:, :, :, 2:] - 2 * field[:, :, :, 1:-1] + field[:, :, :, :-2]
     d = field[:, :, 1:, :] - field[:, :, :-1, :]
     uxy = d[:, :, :, 1:] - d[:, :, :, :-1]
+    if per_pair:
+        return (uyy * uyy).mean((1, 2, 3)) + (uxx * uxx).mean((1, 2, 3)) + 2 * (uxy * uxy).mean((1, 2, 3))
     return (uyy * uyy).mean() + (uxx * uxx).mean() + 2 * (uxy * uxy).mean()
 
 

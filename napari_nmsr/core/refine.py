@@ -14,6 +14,9 @@ smooth errors the network left (vortex cores, walls). Vortex cores that turn
 fast are the part left: the grid cannot hold them (benchmarks/README.md,
 twelfth session). A second, finer residual follows (:func:`_kept_where_it_helps`),
 kept only where it clearly raises the local match (fifteenth session).
+Pairs whose motion is more than affine (``deforming``: the guard kept a U-Net
+scale's field for them) get a weaker bending weight for the coarse residual
+(seventeenth session): the strong one is for pairs the affine stage explains.
 
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
@@ -57,13 +60,19 @@ class RefineSettings:
     fine_grid: float = 0.25
     fine_smoothness: float = 100.0
     fine_gain: float = 0.1
+    #: the coarse residual's bending weight for pairs the affine stage did not explain (``deforming``)
+    smoothness_deforming: float | None = None
+
+    def __post_init__(self):
+        if self.smoothness_deforming is None:
+            object.__setattr__(self, "smoothness_deforming", self.smoothness)
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
         return cls(config.refine_steps, config.refine_grid, config.refine_smoothness, config.refine_lr,
                    config.refine_max_px, config.refine_radius, config.refine_interpolation,
                    config.refine_fine_steps, config.refine_fine_grid, config.refine_fine_smoothness,
-                   config.refine_fine_gain)
+                   config.refine_fine_gain, config.refine_smoothness_deforming)
 
 
 def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
@@ -84,12 +93,15 @@ def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
 
 
 def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None,
-                  settings: RefineSettings, check: Callable[[], None] | None = None) -> Iterator[tuple[int, int, float]]:
+                  settings: RefineSettings, check: Callable[[], None] | None = None,
+                  deforming: torch.Tensor | None = None) -> Iterator[tuple[int, int, float]]:
     """Refine ``field`` (N, 2, H, W) IN PLACE, pair chunk by chunk; yields (step done, steps in all, loss).
 
     ``moving``/``fixed``: (N, 1, H, W) frames t and t+1; ``mask`` (N, 1, H, W) float weights of the
     loss (or None); ``check()`` raises to cancel (the field then holds the chunks finished so far,
     each either refined or untouched). The loss is read back only at the end of each chunk.
+    ``deforming`` (N,) bool: pairs whose motion the affine stage did not explain (the guard kept a
+    U-Net scale's field for them); their coarse residual is fitted with ``smoothness_deforming``.
     """
     n, _, h, w = field.shape
     work = work_size((h, w), settings.max_px)
@@ -105,7 +117,8 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
             wts = None if mask is None else (resize_image(mask[part].float(), work) > 0.5).float()
             base = resize_field(field[part].float(), work)
         end = done + settings.steps + settings.fine_steps  # the chunk's last step, reported with its loss
-        fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, settings.smoothness, settings.steps, settings, check)
+        weight = _pair_weights(settings, None if deforming is None else deforming[part], base)
+        fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, weight, settings.steps, settings, check)
         delta, loss, done = yield from _report_steps(fit, done, total, end)
         fine = None
         if settings.fine_steps:
@@ -128,7 +141,14 @@ def _to_size(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tens
                         device=device).view(1, 2, 1, 1)
 
 
-def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness: float, steps: int, settings: RefineSettings, check):
+def _pair_weights(settings: RefineSettings, deforming: torch.Tensor | None, base: torch.Tensor):
+    """The coarse residual's bending weight: one number, or (N,) where some pairs deform."""
+    if deforming is None or settings.smoothness_deforming == settings.smoothness:
+        return settings.smoothness
+    return torch.where(deforming.to(base.device), settings.smoothness_deforming, settings.smoothness).float()
+
+
+def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int, settings: RefineSettings, check):
     """Adam on a residual on ``grid`` added to ``base`` (a field in work-grid px): the masked local
     NCC of frame t resampled through it, plus ``smoothness`` x the grid's bending energy. Yields
     each step's loss (a tensor); returns the residual (N, 2, *grid) in full-resolution px."""
@@ -140,7 +160,11 @@ def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness: float, step
             check()
         up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
         cc = local_cc_map(warp(mov, base + up, settings.mode), fix, settings.radius)
-        loss = -pair_masked_mean(cc, wts).mean() + smoothness * bending_loss(delta * to_grid)
+        if isinstance(smoothness, torch.Tensor):  # a weight per pair
+            bend = (smoothness * bending_loss(delta * to_grid, per_pair=True)).mean()
+        else:
+            bend = smoothness * bending_loss(delta * to_grid)
+        loss = -pair_masked_mean(cc, wts).mean() + bend
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
