@@ -108,8 +108,23 @@ def test_the_engine_ends_with_the_refinement_reports_it_and_the_paper_preset_has
 def test_the_stage_reads_its_window_and_resampling_from_the_config():
     cfg = RegistrationConfig()
     s = RefineSettings.from_config(cfg)
-    assert (s.radius, s.mode) == (cfg.refine_radius, cfg.refine_interpolation) == (4, "bicubic")
+    assert (s.radius, s.mode) == (cfg.refine_radius, cfg.refine_interpolation) == ((2, 4), "bicubic")
     assert RefineSettings.from_config(RegistrationConfig(refine_interpolation="bilinear", refine_radius=7)).radius == 7
+    assert RegistrationConfig(refine_radius=[3, 5]).refine_radius == (3, 5)  # a list (from JSON) is a tuple
+    with pytest.raises(ValueError, match="refine_radius"):
+        RegistrationConfig(refine_radius=(2, 0))
+
+
+def test_the_match_of_several_windows_is_the_mean_of_their_local_ncc_maps():
+    from napari_nmsr.core.losses import local_cc_map
+    from napari_nmsr.core.refine import match_map
+
+    a = torch.from_numpy(speckle(48, 1))[None, None]
+    b = torch.from_numpy(speckle(48, 2))[None, None] * 0.3 + a
+    two, four = local_cc_map(a, b, 2), local_cc_map(a, b, 4)
+    assert not torch.allclose(two, four)  # the windows see different things
+    assert torch.allclose(match_map(a, b, (2, 4)), 0.5 * (two + four))
+    assert torch.equal(match_map(a, b, 4), four)
 
 
 def stretched_noisy_pair(seed, size=96, noise=0.1):

@@ -55,7 +55,8 @@ _TIPS = {
                                    "(the guard kept a U-Net scale's field for them)",
     "refine_lr": "Per-pair refinement: Adam learning rate (px per step)",
     "refine_max_px": "Per-pair refinement: frames are refined at most this many px on the short side",
-    "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window",
+    "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window; several, comma-separated: "
+                     "the mean of their maps",
     "refine_interpolation": "Per-pair refinement: how frames are resampled through the field (bicubic: less "
                             "bias towards half-pixel motion in noisy frames; bilinear: as the U-Net's loss)",
     "refine_fine_steps": "Per-pair refinement, fine pass: Adam steps of a finer residual kept only where it "

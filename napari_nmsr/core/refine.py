@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .convention import resize_field, resize_image, warp
 from .losses import bending_loss, gaussian_smooth, local_cc_map, pair_masked_mean
 
-__all__ = ["RefineSettings", "grid_size", "refine_fields", "work_size"]
+__all__ = ["RefineSettings", "grid_size", "match_map", "refine_fields", "work_size"]
 
 #: Pixels (pairs x h x w at the working size) refined at once.
 PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
@@ -53,7 +53,7 @@ class RefineSettings:
     smoothness: float
     lr: float
     max_px: int
-    radius: int
+    radius: int | tuple[int, ...]  # the local NCC's window radius; several: the mean of their maps
     mode: str  # grid_sample's mode for resampling frame t (the config's refine_interpolation)
     #: the gated fine pass (:func:`_kept_where_it_helps`): steps (0: none), grid share, bending weight, gain
     fine_steps: int = 0
@@ -85,6 +85,20 @@ def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
 def grid_size(size: tuple[int, int], grid: float) -> tuple[int, int]:
     """The residual's grid for a frame of ``size``: ``grid`` of it, at least 4 nodes a side."""
     return max(4, round(size[0] * grid)), max(4, round(size[1] * grid))
+
+
+def match_map(warped: torch.Tensor, fixed: torch.Tensor, radius: int | tuple[int, ...]) -> torch.Tensor:
+    """The stage's local match: the local NCC map, or with several window radii the mean of their maps.
+
+    A small window follows a deforming wall or a vortex closely but sees few speckles; a larger one
+    is steadier where texture is sparse (real PIV particles) or coarse (real echo grain 2 x 4 px).
+    Both at once kept most of either's gain (seventeenth session, benchmarks/README.md).
+    """
+    radii = radius if isinstance(radius, (tuple, list)) else (radius,)
+    cc = local_cc_map(warped, fixed, radii[0])
+    for r in radii[1:]:
+        cc = cc + local_cc_map(warped, fixed, r)
+    return cc / len(radii) if len(radii) > 1 else cc
 
 
 def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
@@ -159,7 +173,7 @@ def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int,
         if check is not None:
             check()
         up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-        cc = local_cc_map(warp(mov, base + up, settings.mode), fix, settings.radius)
+        cc = match_map(warp(mov, base + up, settings.mode), fix, settings.radius)
         if isinstance(smoothness, torch.Tensor):  # a weight per pair
             bend = (smoothness * bending_loss(delta * to_grid, per_pair=True)).mean()
         else:
@@ -203,8 +217,8 @@ def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSet
     to_work = _to_size(full, work, start.device)
     residual = F.interpolate(delta, size=work, mode="bilinear", align_corners=True)  # full px
     sigma = max(work) / max(delta.shape[-2:])  # one fine grid spacing, in work px
-    before = gaussian_smooth(local_cc_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
-    after = gaussian_smooth(local_cc_map(warp(mov, start + residual * to_work, settings.mode), fix, settings.radius), sigma)
+    before = gaussian_smooth(match_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
+    after = gaussian_smooth(match_map(warp(mov, start + residual * to_work, settings.mode), fix, settings.radius), sigma)
     need = settings.fine_gain * (1.0 - before).clamp_min(1e-3)
     keep = gaussian_smooth(((after - before - need) / need).clamp(0.0, 1.0), sigma)
     return residual * keep

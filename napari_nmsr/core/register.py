@@ -155,7 +155,8 @@ class RegistrationConfig:
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
-    local NCC (window radius ``refine_radius``) with ``refine_smoothness`` x
+    local NCC (window radius ``refine_radius``; several: the mean of their
+    maps, seventeenth session) with ``refine_smoothness`` x
     bending energy, at frames shrunk to ``refine_max_px`` on the short side
     (benchmarks/README.md, eleventh session: 384 px tuning geo-mean 1.52 ->
     0.77). Frame t is resampled ``refine_interpolation`` (bicubic: bilinear
@@ -217,7 +218,7 @@ class RegistrationConfig:
     refine_smoothness: float = 500.0
     refine_lr: float = 0.05
     refine_max_px: int = 256
-    refine_radius: int = 4
+    refine_radius: int | tuple[int, ...] = (2, 4)
     refine_interpolation: str = "bicubic"
     refine_fine_steps: int = 50
     refine_fine_grid: float = 0.25
@@ -252,10 +253,15 @@ class RegistrationConfig:
             raise ValueError(f"amp must be None (automatic), True or False, got {self.amp!r}")
         if self.amp is not None:
             self.amp = bool(self.amp)
+        if isinstance(self.refine_radius, (list, tuple)):
+            self.refine_radius = tuple(int(r) for r in self.refine_radius)
+        else:
+            self.refine_radius = int(self.refine_radius)
+        radii = self.refine_radius if isinstance(self.refine_radius, tuple) else (self.refine_radius,)
         if int(self.refine_steps) < 0 or not 0.0 < float(self.refine_grid) <= 1.0 or float(self.refine_smoothness) < 0 \
-                or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16 or int(self.refine_radius) < 1:
+                or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16 or not radii or min(radii) < 1:
             raise ValueError("refine_steps must be >= 0, refine_grid in (0, 1], refine_smoothness >= 0, "
-                             "refine_lr > 0, refine_max_px >= 16 and refine_radius >= 1")
+                             "refine_lr > 0, refine_max_px >= 16 and refine_radius >= 1 (each, if several)")
         if float(self.refine_smoothness_deforming) < 0:
             raise ValueError("refine_smoothness_deforming must be >= 0")
         if int(self.refine_fine_steps) < 0 or not 0.0 < float(self.refine_fine_grid) <= 1.0 \
