@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean",
+__all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean",
            "pair_masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
@@ -55,6 +55,44 @@ def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VAR
         va = (box_mean(a * a, radius) - ma * ma).clamp_min(eps)
         vb = (box_mean(b * b, radius) - mb * mb).clamp_min(eps)
         return (cross * cross / (va * vb)).clamp(0.0, 1.0)
+
+
+def box_means(x: torch.Tensor, radii: tuple[int, ...]) -> list[torch.Tensor]:
+    """:func:`box_mean` of ``x`` at each radius. On a CPU from one summed-area table (float64), so
+    a second window costs a few lookups instead of two more running sums; elsewhere one by one."""
+    if x.device.type != "cpu":
+        return [box_mean(x, r) for r in radii]
+    big = max(radii)
+    h, w = x.shape[-2:]
+    table = F.pad(x.double(), (big + 1, big, big + 1, big)).cumsum(3).cumsum(2)
+    out = []
+    for r in radii:
+        lo, hi = big - r, big + 1 + r  # the table's rows/columns just before and at the window's ends
+        sums = (table[..., hi : hi + h, hi : hi + w] - table[..., lo : lo + h, hi : hi + w]
+                - table[..., hi : hi + h, lo : lo + w] + table[..., lo : lo + h, lo : lo + w])
+        out.append((sums / (_counts(h, r, x.device)[:, None] * _counts(w, r, x.device))).to(x.dtype))
+    return out
+
+
+def _counts(n: int, radius: int, device) -> torch.Tensor:
+    """Pixels of each window along a side of ``n`` (edge windows shrink to the valid part)."""
+    i = torch.arange(n, device=device)
+    return (i.clamp(max=radius) + i.flip(0).clamp(max=radius) + 1).double()
+
+
+def mean_local_cc_map(a: torch.Tensor, b: torch.Tensor, radii: tuple[int, ...], eps: float = VARIANCE_FLOOR) -> torch.Tensor:
+    """The mean of :func:`local_cc_map` over several window radii, the window sums shared (:func:`box_means`)."""
+    a = a.float()
+    b = b.float()
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        ma, mb, mab, maa, mbb = (box_means(q, radii) for q in (a, b, a * b, a * a, b * b))
+        total = 0.0
+        for k in range(len(radii)):
+            cross = mab[k] - ma[k] * mb[k]
+            va = (maa[k] - ma[k] * ma[k]).clamp_min(eps)
+            vb = (mbb[k] - mb[k] * mb[k]).clamp_min(eps)
+            total = total + (cross * cross / (va * vb)).clamp(0.0, 1.0)
+        return total / len(radii)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .convention import resize_field, resize_image, warp
-from .losses import bending_loss, gaussian_smooth, local_cc_map, pair_masked_mean
+from .losses import bending_loss, gaussian_smooth, local_cc_map, mean_local_cc_map, pair_masked_mean
 
 __all__ = ["RefineSettings", "grid_size", "match_map", "refine_fields", "work_size"]
 
@@ -94,11 +94,9 @@ def match_map(warped: torch.Tensor, fixed: torch.Tensor, radius: int | tuple[int
     is steadier where texture is sparse (real PIV particles) or coarse (real echo grain 2 x 4 px).
     Both at once kept most of either's gain (seventeenth session, benchmarks/README.md).
     """
-    radii = radius if isinstance(radius, (tuple, list)) else (radius,)
-    cc = local_cc_map(warped, fixed, radii[0])
-    for r in radii[1:]:
-        cc = cc + local_cc_map(warped, fixed, r)
-    return cc / len(radii) if len(radii) > 1 else cc
+    if isinstance(radius, (tuple, list)):
+        return local_cc_map(warped, fixed, radius[0]) if len(radius) == 1 else mean_local_cc_map(warped, fixed, tuple(radius))
+    return local_cc_map(warped, fixed, radius)
 
 
 def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
