@@ -216,6 +216,7 @@ class RegistrationConfig:
     refine_steps: int = 100
     refine_grid: float = 0.125
     refine_smoothness: float = 500.0
+    refine_smoothness_deforming: float = 100.0
     refine_lr: float = 0.05
     refine_max_px: int = 256
     refine_radius: int | tuple[int, ...] = (2, 4)
@@ -224,7 +225,6 @@ class RegistrationConfig:
     refine_fine_grid: float = 0.25
     refine_fine_smoothness: float = 100.0
     refine_fine_gain: float = 0.1
-    refine_smoothness_deforming: float = 100.0
 
     def __post_init__(self):
         self.variant = self.variant.lower()

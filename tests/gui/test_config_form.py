@@ -46,6 +46,17 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
         form["guard_gain"].value = 5.0
     assert widget.registration.config().guard_gain == 0.0
     form["guard_gain"].value = defaults.guard_gain
+    # the refinement's two NCC windows are a comma-separated text; one number is one window
+    assert form["refine_radius"].value.replace(" ", "") == "2,4"
+    form["refine_radius"].value = "3"
+    assert widget.registration.config().refine_radius == 3
+    form["refine_radius"].value = "2, 5"
+    assert widget.registration.config().refine_radius == (2, 5)
+    form["refine_radius"].value = "2, 4"
+    assert form["refine_smoothness_deforming"].value == defaults.refine_smoothness_deforming == 100.0
+    form["refine_smoothness_deforming"].value = 40.0
+    assert widget.registration.config().refine_smoothness_deforming == 40.0
+    form["refine_smoothness_deforming"].value = defaults.refine_smoothness_deforming
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
