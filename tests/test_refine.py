@@ -130,6 +130,8 @@ def test_the_match_of_several_windows_is_the_mean_of_their_local_ncc_maps():
     x = torch.from_numpy(speckle(37, 4))[None, None].repeat(2, 1, 1, 1)[:, :, :, :29]  # not square
     for got, r in zip(box_means(x, (1, 3, 6)), (1, 3, 6)):  # one summed-area table, every window
         assert torch.allclose(got, box_mean(x, r), atol=1e-6)
+    small = torch.rand(2, 1, 11, 14, dtype=torch.float64, requires_grad=True)  # its hand-written backward
+    assert torch.autograd.gradcheck(lambda t: tuple(box_means(t, (1, 3))), (small,))
 
 
 def stretched_noisy_pair(seed, size=96, noise=0.1):

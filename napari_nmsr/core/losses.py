@@ -59,9 +59,39 @@ def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VAR
 
 def box_means(x: torch.Tensor, radii: tuple[int, ...]) -> list[torch.Tensor]:
     """:func:`box_mean` of ``x`` at each radius. On a CPU from one summed-area table (float64), so
-    a second window costs a few lookups instead of two more running sums; elsewhere one by one."""
+    a second window costs a few lookups instead of two more running sums, with a hand-written
+    backward (the box mean is its own adjoint up to the window counts), so autograd keeps no table;
+    elsewhere one by one."""
     if x.device.type != "cpu":
         return [box_mean(x, r) for r in radii]
+    return list(_BoxMeans.apply(x, tuple(radii)))
+
+
+class _BoxMeans(torch.autograd.Function):
+    """Window means at several radii from one summed-area table; backward: dL/dx = sum over the
+    windows of box_sum(g / count), the same table trick (a pixel is in a window iff the window's
+    centre is in the pixel's window of the same radius, edge windows included)."""
+
+    @staticmethod
+    def forward(ctx, x, radii):
+        ctx.radii = radii
+        return tuple(_table_means(x, radii))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        h, w = grads[0].shape[-2:]
+        total = None
+        for g, r in zip(grads, ctx.radii):
+            if g is None:
+                continue
+            counts = _counts(h, r, g.device)[:, None] * _counts(w, r, g.device)
+            part = _table_means(g.double() / counts, (r,), scale=False)[0]
+            total = part if total is None else total + part
+        return (None if total is None else total.to(grads[0].dtype)), None
+
+
+def _table_means(x: torch.Tensor, radii: tuple[int, ...], scale: bool = True) -> list[torch.Tensor]:
+    """Window sums (``scale``: means) of ``x`` at each radius, from one float64 summed-area table."""
     big = max(radii)
     h, w = x.shape[-2:]
     table = F.pad(x.double(), (big + 1, big, big + 1, big)).cumsum(3).cumsum(2)
@@ -70,7 +100,7 @@ def box_means(x: torch.Tensor, radii: tuple[int, ...]) -> list[torch.Tensor]:
         lo, hi = big - r, big + 1 + r  # the table's rows/columns just before and at the window's ends
         sums = (table[..., hi : hi + h, hi : hi + w] - table[..., lo : lo + h, hi : hi + w]
                 - table[..., hi : hi + h, lo : lo + w] + table[..., lo : lo + h, lo : lo + w])
-        out.append((sums / (_counts(h, r, x.device)[:, None] * _counts(w, r, x.device))).to(x.dtype))
+        out.append((sums / (_counts(h, r, x.device)[:, None] * _counts(w, r, x.device))).to(x.dtype) if scale else sums)
     return out
 
 
