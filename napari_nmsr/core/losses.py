@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "gaussian_smooth", "masked_mean",
-           "pair_masked_mean"]
+__all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss",
+           "gaussian_smooth", "masked_mean", "pair_masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
 
@@ -110,7 +110,8 @@ def _counts(n: int, radius: int, device) -> torch.Tensor:
     return (i.clamp(max=radius) + i.flip(0).clamp(max=radius) + 1).double()
 
 
-def mean_local_cc_map(a: torch.Tensor, b: torch.Tensor, radii: tuple[int, ...], eps: float = VARIANCE_FLOOR) -> torch.Tensor:
+def mean_local_cc_map(a: torch.Tensor, b: torch.Tensor, radii: tuple[int, ...],
+                      eps: float = VARIANCE_FLOOR) -> torch.Tensor:
     """The mean of :func:`local_cc_map` over several window radii, the window sums shared (:func:`box_means`)."""
     a = a.float()
     b = b.float()

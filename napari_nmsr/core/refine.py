@@ -95,7 +95,9 @@ def match_map(warped: torch.Tensor, fixed: torch.Tensor, radius: int | tuple[int
     Both at once kept most of either's gain (seventeenth session, benchmarks/README.md).
     """
     if isinstance(radius, (tuple, list)):
-        return local_cc_map(warped, fixed, radius[0]) if len(radius) == 1 else mean_local_cc_map(warped, fixed, tuple(radius))
+        if len(radius) > 1:
+            return mean_local_cc_map(warped, fixed, tuple(radius))
+        radius = radius[0]
     return local_cc_map(warped, fixed, radius)
 
 

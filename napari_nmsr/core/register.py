@@ -170,9 +170,10 @@ class RegistrationConfig:
     rigid warps, the disk), and there it stays; a contracting, twisting wall or
     a vortex needs a more flexible residual (seventeenth session: 45 tuning
     cases' geo-mean 0.583 -> 0.555; fast myocardium 0.83 -> 0.76; rigid cases
-    unchanged, the guard rejects every scale there). ``refine_fine_*``: then a second residual on a finer grid
-    (``refine_fine_grid`` of the frame, ``refine_fine_smoothness`` x bending,
-    ``refine_fine_steps`` steps, 0: none), kept pixel by pixel only where it
+    unchanged, the guard rejects every scale there). ``refine_fine_*``: then
+    a second residual on a finer grid (``refine_fine_grid`` of the frame,
+    ``refine_fine_smoothness`` x bending, ``refine_fine_steps`` steps, 0:
+    none), kept pixel by pixel only where it
     raises the local match by at least ``refine_fine_gain`` of the
     dissimilarity left (a local guard; fifteenth session: held-out geo-mean
     0.602 / 0.588 at seeds 0 / 1 against 0.615 / 0.632 without it; real PIV
