@@ -37,9 +37,7 @@ def _running_mean(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     pad = (radius + 1, radius, 0, 0) if dim == 3 else (0, 0, radius + 1, radius)
     total = torch.cumsum(F.pad(x.double(), pad), dim)
     sums = total.narrow(dim, 2 * radius + 1, n) - total.narrow(dim, 0, n)
-    i = torch.arange(n, device=x.device)
-    count = (i.clamp(max=radius) + i.flip(0).clamp(max=radius) + 1).double()
-    return sums / count.view([n if d == dim else 1 for d in range(4)])
+    return sums / _counts(n, radius, x.device).view([n if d == dim else 1 for d in range(4)])
 
 
 def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VARIANCE_FLOOR) -> torch.Tensor:
@@ -50,11 +48,15 @@ def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VAR
     a = a.float()
     b = b.float()
     with torch.autocast(device_type=a.device.type, enabled=False):
-        ma, mb = box_mean(a, radius), box_mean(b, radius)
-        cross = box_mean(a * b, radius) - ma * mb
-        va = (box_mean(a * a, radius) - ma * ma).clamp_min(eps)
-        vb = (box_mean(b * b, radius) - mb * mb).clamp_min(eps)
-        return (cross * cross / (va * vb)).clamp(0.0, 1.0)
+        return _cc_from_means(*(box_mean(q, radius) for q in (a, b, a * b, a * a, b * b)), eps)
+
+
+def _cc_from_means(ma, mb, mab, maa, mbb, eps: float) -> torch.Tensor:
+    """Squared correlation coefficient from window means of a, b, ab, a^2, b^2 (variances floored)."""
+    cross = mab - ma * mb
+    va = (maa - ma * ma).clamp_min(eps)
+    vb = (mbb - mb * mb).clamp_min(eps)
+    return (cross * cross / (va * vb)).clamp(0.0, 1.0)
 
 
 def box_means(x: torch.Tensor, radii: tuple[int, ...]) -> list[torch.Tensor]:
@@ -84,8 +86,7 @@ class _BoxMeans(torch.autograd.Function):
         for g, r in zip(grads, ctx.radii):
             if g is None:
                 continue
-            counts = _counts(h, r, g.device)[:, None] * _counts(w, r, g.device)
-            part = _table_means(g.double() / counts, (r,), scale=False)[0]
+            part = _table_means(g.double() / _window_counts(h, w, r, g.device), (r,), scale=False)[0]
             total = part if total is None else total + part
         return (None if total is None else total.to(grads[0].dtype)), None
 
@@ -100,7 +101,7 @@ def _table_means(x: torch.Tensor, radii: tuple[int, ...], scale: bool = True) ->
         lo, hi = big - r, big + 1 + r  # the table's rows/columns just before and at the window's ends
         sums = (table[..., hi : hi + h, hi : hi + w] - table[..., lo : lo + h, hi : hi + w]
                 - table[..., hi : hi + h, lo : lo + w] + table[..., lo : lo + h, lo : lo + w])
-        out.append((sums / (_counts(h, r, x.device)[:, None] * _counts(w, r, x.device))).to(x.dtype) if scale else sums)
+        out.append((sums / _window_counts(h, w, r, x.device)).to(x.dtype) if scale else sums)
     return out
 
 
@@ -110,20 +111,19 @@ def _counts(n: int, radius: int, device) -> torch.Tensor:
     return (i.clamp(max=radius) + i.flip(0).clamp(max=radius) + 1).double()
 
 
+def _window_counts(h: int, w: int, radius: int, device) -> torch.Tensor:
+    """(h, w) pixels of each 2-D window (edge windows shrink to the valid part)."""
+    return _counts(h, radius, device)[:, None] * _counts(w, radius, device)
+
+
 def mean_local_cc_map(a: torch.Tensor, b: torch.Tensor, radii: tuple[int, ...],
                       eps: float = VARIANCE_FLOOR) -> torch.Tensor:
     """The mean of :func:`local_cc_map` over several window radii, the window sums shared (:func:`box_means`)."""
     a = a.float()
     b = b.float()
     with torch.autocast(device_type=a.device.type, enabled=False):
-        ma, mb, mab, maa, mbb = (box_means(q, radii) for q in (a, b, a * b, a * a, b * b))
-        total = 0.0
-        for k in range(len(radii)):
-            cross = mab[k] - ma[k] * mb[k]
-            va = (maa[k] - ma[k] * ma[k]).clamp_min(eps)
-            vb = (mbb[k] - mb[k] * mb[k]).clamp_min(eps)
-            total = total + (cross * cross / (va * vb)).clamp(0.0, 1.0)
-        return total / len(radii)
+        means = [box_means(q, radii) for q in (a, b, a * b, a * a, b * b)]  # [quantity][radius]
+        return sum(_cc_from_means(*per_radius, eps) for per_radius in zip(*means)) / len(radii)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

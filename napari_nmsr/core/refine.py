@@ -131,7 +131,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
             wts = None if mask is None else (resize_image(mask[part].float(), work) > 0.5).float()
             base = resize_field(field[part].float(), work)
         end = done + settings.steps + settings.fine_steps  # the chunk's last step, reported with its loss
-        weight = _pair_weights(settings, None if deforming is None else deforming[part], base)
+        weight = _pair_weights(settings, None if deforming is None else deforming[part], base.device)
         fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, weight, settings.steps, settings, check)
         delta, loss, done = yield from _report_steps(fit, done, total, end)
         fine = None
@@ -155,11 +155,11 @@ def _to_size(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tens
                         device=device).view(1, 2, 1, 1)
 
 
-def _pair_weights(settings: RefineSettings, deforming: torch.Tensor | None, base: torch.Tensor):
+def _pair_weights(settings: RefineSettings, deforming: torch.Tensor | None, device):
     """The coarse residual's bending weight: one number, or (N,) where some pairs deform."""
     if deforming is None or settings.smoothness_deforming == settings.smoothness:
         return settings.smoothness
-    return torch.where(deforming.to(base.device), settings.smoothness_deforming, settings.smoothness).float()
+    return torch.where(deforming.to(device), settings.smoothness_deforming, settings.smoothness).float()
 
 
 def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int, settings: RefineSettings, check):
