@@ -14,7 +14,7 @@ from napari_nmsr.core import register as engine
 from napari_nmsr.core.convention import pixel_grid, warp
 from napari_nmsr.core.estimate import Estimate, estimate_seconds
 from napari_nmsr.core.global_motion import affine_fields
-from napari_nmsr.core.losses import bending_loss, gaussian_smooth, smoothness_loss
+from napari_nmsr.core.losses import bending_loss, divcurl_loss, gaussian_smooth, smoothness_loss
 from napari_nmsr.core.register import Progress, RegistrationConfig, register
 from napari_nmsr.core.roi import Box, paste_field, region_of_interest, sector_region
 from napari_nmsr.core.threads import default_threads, passive_openmp, use_threads
@@ -41,6 +41,32 @@ def test_bending_energy_is_zero_for_rotation_but_diffusion_is_not():
     curved = torch.zeros(1, 2, 32, 32)
     curved[0, 0] = torch.linspace(-1, 1, 32)[:, None] ** 2 * 5
     assert bending_loss(curved).item() > 1e-4
+
+
+def _swirl_and_source(size=48, core=6.0):
+    """A Gaussian vortex (curl only) and a Gaussian source (divergence only), (1, 2, size, size) (dy, dx)."""
+    y, x = torch.meshgrid(torch.arange(size, dtype=torch.float64) - size / 2,
+                          torch.arange(size, dtype=torch.float64) - size / 2, indexing="ij")
+    g = torch.exp(-(x * x + y * y) / (2 * core * core))
+    return torch.stack((-x * g, y * g))[None], torch.stack((y * g, x * g))[None]
+
+
+def test_divcurl_energy_is_zero_for_affine_fields_and_its_curl_weight_charges_rotation_only():
+    w = 0.05
+    f = affine_field(32, 32, (1.0, -2.0), ((np.cos(w) - 1 + 0.02, np.sin(w)), (-np.sin(w) + 0.01, np.cos(w) - 1)), (16, 16))
+    assert divcurl_loss(f, 0.1).item() < 1e-9 and divcurl_loss(f, 1.0).item() < 1e-9
+    swirl, source = _swirl_and_source()
+    # a vortex costs in proportion to the curl weight, a source (contraction) not at all
+    assert divcurl_loss(swirl, 0.1).item() == pytest.approx(0.1 * divcurl_loss(swirl, 1.0).item(), rel=1e-3)
+    assert divcurl_loss(source, 0.1).item() == pytest.approx(divcurl_loss(source, 1.0).item(), rel=1e-3)
+    assert divcurl_loss(swirl, 1.0).item() > 1e-4
+    # at weight 1 it is about the bending energy (equal for smooth fields up to the boundary)
+    for field in (swirl, source):
+        assert divcurl_loss(field, 1.0).item() == pytest.approx(bending_loss(field).item(), rel=0.1)
+    # the engine's "bending" is the bending energy itself at weight 1, the div-curl energy below it
+    assert engine.regularisation(swirl, "bending", 1.0).item() == bending_loss(swirl).item()
+    assert engine.regularisation(swirl, "bending", 0.1).item() == divcurl_loss(swirl, 0.1).item()
+    assert engine.regularisation(swirl, "diffusion", 0.1).item() == smoothness_loss(swirl).item()
 
 
 def test_gaussian_smooth_keeps_linear_fields_inside_and_removes_noise():
@@ -805,17 +831,22 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     seen = []
     real = engine._step
 
-    def spy(*args, smoothness=None, **kwargs):
-        seen.append(smoothness)
-        return real(*args, smoothness=smoothness, **kwargs)
+    def spy(*args, smoothness=None, curl_weight=None, **kwargs):
+        seen.append((smoothness, curl_weight))
+        return real(*args, smoothness=smoothness, curl_weight=curl_weight, **kwargs)
 
     monkeypatch.setattr(engine, "_step", spy)
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False, patience=0,
-                                smoothness=(5, 20, 80))
+                                smoothness=(5, 20, 80), curl_weight=(1, 0.2, 0.5))
     register(frames, config=config)
-    assert seen == [5.0, 5.0, 20.0, 20.0, 80.0, 80.0]
+    assert seen == [(5.0, 1.0), (5.0, 1.0), (20.0, 0.2), (20.0, 0.2), (80.0, 0.5), (80.0, 0.5)]
     assert RegistrationConfig(smoothness=7).smoothness_for(3) == 7.0
     assert RegistrationConfig(variant="nmsr", smoothness=(5, 20, 80)).smoothness_for(0) == 80.0
+    assert RegistrationConfig(curl_weight=0.3).curl_weight_for(2) == 0.3
+    assert RegistrationConfig(variant="nmsr", curl_weight=(1, 0.1, 0.5)).curl_weight_for(0) == 0.5
+    for bad in (-0.1, (1.0, -1.0), (), float("nan")):
+        with pytest.raises(ValueError, match="curl_weight"):
+            RegistrationConfig(curl_weight=bad)
 
 
 def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated_speckle():
@@ -827,7 +858,7 @@ def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated
     seq = FAMILIES["decorrelation"](family_seed("tuning", "decorrelation", 4))
     default = RegistrationConfig()
     assert default.smoothness_for(3) > default.smoothness_for(2)
-    flat = RegistrationConfig(smoothness=default.smoothness_for(0))
+    flat = RegistrationConfig(smoothness=default.smoothness[:3] + (default.smoothness_for(0),))
 
     def epe(config):
         fields = np.asarray(register(seq.frames, mask=seq.masks, config=config).fields[-1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss",
+__all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "divcurl_loss",
            "gaussian_smooth", "masked_mean", "pair_masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
@@ -167,6 +167,37 @@ def bending_loss(field: torch.Tensor, per_pair: bool = False) -> torch.Tensor:
     if per_pair:
         return (uyy * uyy).mean((1, 2, 3)) + (uxx * uxx).mean((1, 2, 3)) + 2 * (uxy * uxy).mean((1, 2, 3))
     return (uyy * uyy).mean() + (uxx * uxx).mean() + 2 * (uxy * uxy).mean()
+
+
+def divcurl_loss(field: torch.Tensor, curl_weight: float = 1.0) -> torch.Tensor:
+    """Second-order div-curl energy ``(mean |grad div u|^2 + curl_weight mean |grad curl u|^2) / 2`` of (N, 2, H, W).
+
+    The regulariser of fluid-flow estimation (Suter 1994; Corpetti, Memin & Perez 2002): like the
+    bending energy it is zero for every affine field (divergence and curl are then constant), and
+    at ``curl_weight`` 1 it is about the bending energy (equal for smooth fields up to boundary
+    terms). Below 1 the rotational part of the field's curvature costs less than the divergent
+    part: a vortex core (curl only) can follow the blood's turning while contraction and speckle
+    noise (divergence as much as curl) stay as constrained (benchmarks/README.md, eighteenth session).
+    Derivatives are taken at cell centres (each first difference averaged across the other axis).
+    """
+    u0, u1 = field[:, 0], field[:, 1]  # (dy, dx)
+
+    def across_x(d):
+        return 0.5 * (d[:, :, 1:] + d[:, :, :-1])
+
+    def across_y(d):
+        return 0.5 * (d[:, 1:, :] + d[:, :-1, :])
+
+    dy_dy = across_x(u0[:, 1:, :] - u0[:, :-1, :])
+    dy_dx = across_y(u0[:, :, 1:] - u0[:, :, :-1])
+    dx_dy = across_x(u1[:, 1:, :] - u1[:, :-1, :])
+    dx_dx = across_y(u1[:, :, 1:] - u1[:, :, :-1])
+    div, curl = dy_dy + dx_dx, dx_dy - dy_dx
+
+    def gradient_energy(q):
+        return ((q[:, 1:, :] - q[:, :-1, :]) ** 2).mean() + ((q[:, :, 1:] - q[:, :, :-1]) ** 2).mean()
+
+    return 0.5 * (gradient_energy(div) + curl_weight * gradient_energy(curl))
 
 
 def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -46,7 +46,7 @@ from .device import amp_dtype, describe_device, is_out_of_memory, pick_device, r
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
-from .losses import bending_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss
+from .losses import bending_loss, divcurl_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean, smoothness_loss
 from .metrics import pair_metrics
 from .result import RegistrationResult
 from .scale_fields import ScaleFields, kept_dtype
@@ -72,7 +72,8 @@ VARIANTS = ("nmsr", "nmsr_ms", "nmsr_vi", "nmsr_v")
 MIN_SCALE_SIZE = 12
 
 #: Field regularisers: ``diffusion`` is the paper's lambda * mean|grad u|^2;
-#: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion).
+#: ``bending`` is lambda * mean|second derivatives of u|^2 (zero for affine motion); at a scale whose
+#: ``RegistrationConfig.curl_weight`` is below 1 it is the div-curl energy (:func:`.losses.divcurl_loss`).
 REGULARISERS = {"diffusion": smoothness_loss, "bending": bending_loss}
 #: How the refinement resamples frame t through a field (grid_sample's modes; the U-Net's loss is bilinear, as the paper's).
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -82,7 +83,8 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (150, 100, 100, 20), "smoothness": (50.0, 50.0, 50.0, 200.0)},
+    "default": {"steps": (150, 100, 100, 20), "smoothness": (50.0, 50.0, 100.0, 200.0),
+                "curl_weight": (1.0, 1.0, 0.1, 1.0)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0},
 }
@@ -130,7 +132,19 @@ class RegistrationConfig:
     20 steps, fitted to strongly decorrelated speckle, raised the match while
     moving away from the true motion, and the guard let them pass
     (benchmarks/README.md, thirteenth session: decorrelation tuning cases
-    0.220 -> 0.123 and 0.243 -> 0.184 px, 54 others unchanged). ``patience`` > 0
+    0.220 -> 0.123 and 0.243 -> 0.184 px, 54 others unchanged).
+    ``curl_weight`` (one value or one per scale) is the share of the bending
+    weight that the rotational part of the field's curvature gets: at 1 the
+    regulariser is the bending energy; below 1 it is the div-curl energy of
+    fluid-flow estimation (:func:`~.losses.divcurl_loss`), so a vortex core can
+    turn while contraction and speckle noise stay as constrained. The default
+    gives the 1/2 scale divergence weight 100 and rotation weight 10: a fast
+    vortex in a 7-20 px core is captured at that scale or not at all (the
+    coarser grids cannot hold it, the refinement's grid neither), and bending
+    50 held it back (benchmarks/README.md, eighteenth session: 40 tuning cases'
+    geo-mean 0.509 -> 0.488, their vortices 0.869 -> 0.678; a plain bending
+    weight of 10 there gained as much on the vortices and cost the walls and
+    decorrelated speckle). ``patience`` > 0
     enables early stopping: a scale stops when its smoothed loss has not
     improved by ``min_delta`` (relative) for ``patience`` steps. It only
     fires on short sequences whose pairs all fit in one step (cines never);
@@ -203,6 +217,7 @@ class RegistrationConfig:
     weights: str | None = None
     mask_margin: int = 6
     regulariser: str = "bending"
+    curl_weight: float | tuple[float, ...] = PRESETS["default"]["curl_weight"]
     affine: bool = True
     crop: bool = True
     crop_training: bool = True
@@ -241,6 +256,13 @@ class RegistrationConfig:
             self.smoothness = tuple(float(v) for v in self.smoothness)
         else:
             self.smoothness = float(self.smoothness)
+        if isinstance(self.curl_weight, (list, tuple)):
+            self.curl_weight = tuple(float(v) for v in self.curl_weight)
+        else:
+            self.curl_weight = float(self.curl_weight)
+        weights = self.curl_weight if isinstance(self.curl_weight, tuple) else (self.curl_weight,)
+        if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
+            raise ValueError(f"curl_weight must be one value or one per scale, each >= 0, got {self.curl_weight}")
         if isinstance(self.steps, (list, tuple)):
             self.steps = tuple(int(s) for s in self.steps)
         else:
@@ -303,6 +325,15 @@ class RegistrationConfig:
         if self.variant == "nmsr":
             return self.smoothness[-1]
         return self.smoothness[min(index, len(self.smoothness) - 1)]
+
+    def curl_weight_for(self, index: int) -> float:
+        """Share of the bending weight the rotational part of the field's curvature gets at scale
+        ``index`` (one value, or one per scale; 1: the bending energy itself)."""
+        if isinstance(self.curl_weight, float):
+            return self.curl_weight
+        if self.variant == "nmsr":
+            return self.curl_weight[-1]
+        return self.curl_weight[min(index, len(self.curl_weight) - 1)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -530,7 +561,7 @@ def register_iter(
         # A restarted output improves the loss slowly at first: no early stop before half the steps.
         warmup = n_steps // 2 if restart else None
         for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup,
-                                                   smoothness=config.smoothness_for(k)):
+                                                   smoothness=config.smoothness_for(k), curl_weight=config.curl_weight_for(k)):
             done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
             yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started, min(1.0, done))
         batch = batch_for(data, config, device, state)
@@ -762,7 +793,7 @@ def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch
 
 
 def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None,
-                   warmup: int | None = None, smoothness: float | None = None):
+                   warmup: int | None = None, smoothness: float | None = None, curl_weight: float | None = None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
     under autocast to ``amp`` (None: float32; see :func:`amp_for`).
 
@@ -786,7 +817,8 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
         crop = training_crop(tuple(data.moving.shape[-2:]), device, config)
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
-            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window, smoothness=smoothness)
+            loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window,
+                         smoothness=smoothness, curl_weight=curl_weight)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
@@ -856,8 +888,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def regularisation(field: torch.Tensor, regulariser: str, curl_weight: float = 1.0) -> torch.Tensor:
+    """The named regulariser of a field; ``bending`` with ``curl_weight`` below 1 is the div-curl energy."""
+    if regulariser == "bending" and curl_weight != 1.0:
+        return divcurl_loss(field, curl_weight)
+    return REGULARISERS[regulariser](field)
+
+
 def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None)),
-          smoothness: float | None = None) -> torch.Tensor:
+          smoothness: float | None = None, curl_weight: float | None = None) -> torch.Tensor:
     wy, wx = window
     mv, fx = moving[idx][..., wy, wx], fixed[idx][..., wy, wx]
     mk = None if mask is None else mask[idx][..., wy, wx]
@@ -865,9 +904,9 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
     with _autocast(device, use_amp):
         field = net(mv, fx)
     field = gaussian_smooth(field.float(), config.field_sigma)  # NCC sums and warping stay in float32
-    regulariser = REGULARISERS[config.regulariser]
     smoothness = config.smoothness_for(0) if smoothness is None else smoothness
-    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + smoothness * regulariser(field)
+    curl_weight = config.curl_weight_for(0) if curl_weight is None else curl_weight
+    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + smoothness * regularisation(field, config.regulariser, curl_weight)
     if not torch.isfinite(loss):
         raise SequenceError("the optimisation diverged (loss is not finite); check the frames for corrupt values")
     loss.backward()

@@ -34,6 +34,14 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     with pytest.raises(ValueError, match="smoothness"):
         widget.registration.config()
     form["smoothness"].value = "3.5"
+    # the rotation's share of the bending weight, one per scale (the 1/2 scale lets vortex cores turn)
+    assert form["curl_weight"].value.replace(" ", "") == "1,1,0.1,1"
+    form["curl_weight"].value = "1, 0.5, 0.2, 1"
+    assert widget.registration.config().curl_weight_for(1) == 0.5
+    form["curl_weight"].value = "-1"
+    with pytest.raises(ValueError, match="curl"):
+        widget.registration.config()
+    form["curl_weight"].value = "1, 1, 0.1, 1"
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
@@ -66,7 +74,7 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("default"))
     back = widget.registration.config()
     assert back.patience == defaults.patience and back.regulariser == defaults.regulariser
-    assert back.affine == defaults.affine
+    assert back.affine == defaults.affine and back.curl_weight == defaults.curl_weight
     assert back.min_scale_px == defaults.min_scale_px == 32
     form["min_scale_px"].value = 48
     assert widget.registration.config().min_scale_px == 48
