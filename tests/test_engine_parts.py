@@ -847,6 +847,13 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     for bad in (-0.1, (1.0, -1.0), (), float("nan")):
         with pytest.raises(ValueError, match="curl_weight"):
             RegistrationConfig(curl_weight=bad)
+    # a result file keeps the config it was made with; one saved before curl_weight existed was made
+    # with the bending energy at every scale, and re-running it (the consistency check) must say so
+    saved = RegistrationConfig().to_dict()
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig()
+    del saved["curl_weight"]
+    old = RegistrationConfig.from_saved(saved)
+    assert old.curl_weight == 1.0 and old.smoothness == RegistrationConfig().smoothness
 
 
 def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated_speckle():

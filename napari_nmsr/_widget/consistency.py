@@ -49,7 +49,7 @@ LAYER_NAME = "NMSR inconsistency (px)"
 
 def backward_config(result) -> RegistrationConfig:
     """The forward run's settings, cut to its finished scales (a cancelled run kept fewer)."""
-    config = RegistrationConfig(**result.config)
+    config = RegistrationConfig.from_saved(result.config)
     n = result.n_scales
     if config.variant != "nmsr" and n < len(config.scales):
         steps = config.steps[:n] if isinstance(config.steps, tuple) else config.steps

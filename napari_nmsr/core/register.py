@@ -338,6 +338,15 @@ class RegistrationConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> "RegistrationConfig":
+        """The config a result file was made with (``to_dict()``'s output). A field added since
+        takes the value that reproduces the older engine: a file without ``curl_weight`` was
+        made with the bending energy at every scale (before the eighteenth session)."""
+        values = dict(saved)
+        values.setdefault("curl_weight", 1.0)
+        return cls(**values)
+
 
 @dataclass
 class Progress:
