@@ -192,12 +192,8 @@ def divcurl_loss(field: torch.Tensor, curl_weight: float = 1.0) -> torch.Tensor:
     dy_dx = across_y(u0[:, :, 1:] - u0[:, :, :-1])
     dx_dy = across_x(u1[:, 1:, :] - u1[:, :-1, :])
     dx_dx = across_y(u1[:, :, 1:] - u1[:, :, :-1])
-    div, curl = dy_dy + dx_dx, dx_dy - dy_dx
-
-    def gradient_energy(q):
-        return ((q[:, 1:, :] - q[:, :-1, :]) ** 2).mean() + ((q[:, :, 1:] - q[:, :, :-1]) ** 2).mean()
-
-    return 0.5 * (gradient_energy(div) + curl_weight * gradient_energy(curl))
+    div, curl = dy_dy + dx_dx, dx_dy - dy_dx  # (N, H-1, W-1): mean |grad q|^2 is smoothness_loss of q
+    return 0.5 * (smoothness_loss(div[:, None]) + curl_weight * smoothness_loss(curl[:, None]))
 
 
 def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -123,6 +123,11 @@ _INFER_BYTES_PER_PX = 96 * 4
 SYNC_EVERY = 10
 
 
+def _one_or_several(value, kind):
+    """A config field that is one value or one per scale (or window): ``kind`` or a tuple of ``kind``."""
+    return tuple(kind(v) for v in value) if isinstance(value, (list, tuple)) else kind(value)
+
+
 @dataclass
 class RegistrationConfig:
     """Every knob of a run; stored in the result file.
@@ -252,21 +257,12 @@ class RegistrationConfig:
         self.scales = scales
         if self.variant == "nmsr_v" and not self.weights:
             raise ValueError("variant nmsr_v needs a weights file (see `nmsr train`)")
-        if isinstance(self.smoothness, (list, tuple)):
-            self.smoothness = tuple(float(v) for v in self.smoothness)
-        else:
-            self.smoothness = float(self.smoothness)
-        if isinstance(self.curl_weight, (list, tuple)):
-            self.curl_weight = tuple(float(v) for v in self.curl_weight)
-        else:
-            self.curl_weight = float(self.curl_weight)
+        self.smoothness = _one_or_several(self.smoothness, float)
+        self.curl_weight = _one_or_several(self.curl_weight, float)
         weights = self.curl_weight if isinstance(self.curl_weight, tuple) else (self.curl_weight,)
         if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
             raise ValueError(f"curl_weight must be one value or one per scale, each >= 0, got {self.curl_weight}")
-        if isinstance(self.steps, (list, tuple)):
-            self.steps = tuple(int(s) for s in self.steps)
-        else:
-            self.steps = int(self.steps)
+        self.steps = _one_or_several(self.steps, int)
         self.encoder = tuple(self.encoder)
         self.decoder = tuple(self.decoder)
         if int(self.min_scale_px) < MIN_SCALE_SIZE:
@@ -276,10 +272,7 @@ class RegistrationConfig:
             raise ValueError(f"amp must be None (automatic), True or False, got {self.amp!r}")
         if self.amp is not None:
             self.amp = bool(self.amp)
-        if isinstance(self.refine_radius, (list, tuple)):
-            self.refine_radius = tuple(int(r) for r in self.refine_radius)
-        else:
-            self.refine_radius = int(self.refine_radius)
+        self.refine_radius = _one_or_several(self.refine_radius, int)
         radii = self.refine_radius if isinstance(self.refine_radius, tuple) else (self.refine_radius,)
         if int(self.refine_steps) < 0 or not 0.0 < float(self.refine_grid) <= 1.0 or float(self.refine_smoothness) < 0 \
                 or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16 or not radii or min(radii) < 1:
@@ -318,22 +311,20 @@ class RegistrationConfig:
             return max(1, round(work / self.scales[-1] ** 2))
         return self.steps[min(index, len(self.steps) - 1)]
 
+    def _per_scale(self, values: float | tuple[float, ...], index: int) -> float:
+        """Scale ``index``'s entry of a one-or-per-scale field (single-scale ``nmsr``: the last)."""
+        if not isinstance(values, tuple):
+            return values
+        return values[-1] if self.variant == "nmsr" else values[min(index, len(values) - 1)]
+
     def smoothness_for(self, index: int) -> float:
         """Regulariser weight for scale ``index`` of ``effective_scales`` (one value, or one per scale)."""
-        if isinstance(self.smoothness, float):
-            return self.smoothness
-        if self.variant == "nmsr":
-            return self.smoothness[-1]
-        return self.smoothness[min(index, len(self.smoothness) - 1)]
+        return self._per_scale(self.smoothness, index)
 
     def curl_weight_for(self, index: int) -> float:
         """Share of the bending weight the rotational part of the field's curvature gets at scale
         ``index`` (one value, or one per scale; 1: the bending energy itself)."""
-        if isinstance(self.curl_weight, float):
-            return self.curl_weight
-        if self.variant == "nmsr":
-            return self.curl_weight[-1]
-        return self.curl_weight[min(index, len(self.curl_weight) - 1)]
+        return self._per_scale(self.curl_weight, index)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
