@@ -413,6 +413,42 @@ def test_work_plan_sums_to_one_and_includes_the_affine_stage():
     assert engine.work_plan(10, (128, 128), RegistrationConfig(affine=False), cpu)[0] == 0
 
 
+def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch):
+    # The default skips the full scale's U-Net (its field was rejected by the guard on every tuning
+    # pair); such a scale trains and infers nothing, its row is the previous scale's field (every
+    # pair "kept the previous"), and the refinement still ends the run in that row.
+    frames = np.stack([speckle(48, seed=s) for s in range(4)])
+    trained = []
+    real = engine.optimise_scale
+
+    def spy(net, datas, n_steps, *args, **kwargs):
+        trained.append(tuple(datas[0].moving.shape[-2:]))
+        return real(net, datas, n_steps, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "optimise_scale", spy)
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12)
+    done = [e for e in engine.register_iter(frames, None, cfg) if isinstance(e, engine.ScaleDone)]
+    assert trained == [(24, 24)]  # only the 1/2 scale trained
+    assert done[1].steps_run == 0 and done[1].kept_previous.all()
+    np.testing.assert_array_equal(done[1].field, np.asarray(done[0].field, np.float32))
+    assert done[1].field.dtype == np.float32 and np.abs(done[1].field).max() > 0
+    # With the refinement, the skipped finest scale's row is the refined field.
+    refined = register(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=5,
+                                                        refine_fine_steps=0, min_scale_px=12))
+    assert np.abs(np.asarray(refined.fields[1], np.float32) - np.asarray(refined.fields[0], np.float32)).max() > 1e-4
+    # No work is planned or estimated for it.
+    plan = engine.work_plan(3, (48, 48), cfg, torch.device("cpu"))
+    assert plan[2] == 0.0 and plan[1] > 0
+    assert estimate_seconds(frames, None, cfg).stages_s[2] == 0.0
+
+
+def test_steps_are_zero_or_more():
+    assert RegistrationConfig(steps=(150, 100, 100, 0)).steps_for(3) == 0
+    for bad in (-1, (150, -5, 100, 0), ()):
+        with pytest.raises(ValueError, match="steps"):
+            RegistrationConfig(steps=bad)
+
+
 def test_threads_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     passive_openmp()
@@ -860,12 +896,14 @@ def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated
     # A tuning case of the decorrelation family (noise 0.24, 5 % of scatterers re-seeded per frame,
     # motion under 0.4 px): with the coarse scales' weight at the full scale, its 20 steps fit the
     # speckle noise, the guard lets them pass (the match rises) and the field moves off the truth.
+    # (The default skips the full scale's U-Net; its weight is the one a user who runs it gets.)
     from napari_nmsr.core.families import FAMILIES, family_seed
 
     seq = FAMILIES["decorrelation"](family_seed("tuning", "decorrelation", 4))
-    default = RegistrationConfig()
+    steps = RegistrationConfig().steps[:3] + (20,)
+    default = RegistrationConfig(steps=steps)
     assert default.smoothness_for(3) > default.smoothness_for(2)
-    flat = RegistrationConfig(smoothness=default.smoothness[:3] + (default.smoothness_for(0),))
+    flat = RegistrationConfig(steps=steps, smoothness=default.smoothness[:3] + (default.smoothness_for(0),))
 
     def epe(config):
         fields = np.asarray(register(seq.frames, mask=seq.masks, config=config).fields[-1])

@@ -105,3 +105,25 @@ def test_box_mean_matches_window_means_at_edges_and_in_its_gradient():
         (g1,) = torch.autograd.grad(got.square().sum(), x)
         (g2,) = torch.autograd.grad(want.square().sum(), x)
         assert torch.allclose(g1, g2, atol=1e-5)
+
+
+def test_the_fixed_frames_window_means_computed_once_give_the_same_match():
+    # The refinement fits a field against a fixed frame t+1: its window means are computed once
+    # (fixed_window_means) instead of at every step; the match and its gradient must not change.
+    from napari_nmsr.core.losses import fixed_window_means, local_cc_map, mean_local_cc_map
+
+    g = torch.Generator().manual_seed(3)
+    a0, b = torch.rand(2, 1, 40, 52, generator=g), torch.rand(2, 1, 40, 52, generator=g)
+    for radius, fn in ((3, local_cc_map), ((2, 4), mean_local_cc_map)):
+        means = fixed_window_means(b, radius)
+        assert len(means) == (1 if isinstance(radius, int) else 2)
+        a = a0.clone().requires_grad_()
+        plain = fn(a, b, radius)
+        plain.sum().backward()
+        grad = a.grad.clone()
+        a.grad = None
+        cached = fn(a, b, radius, b_means=means)
+        cached.sum().backward()
+        torch.testing.assert_close(cached, plain, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.grad, grad, rtol=0, atol=1e-5)
+        assert plain.std() > 0.01  # a real map, not a constant

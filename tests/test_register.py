@@ -226,6 +226,21 @@ def test_training_aligns_pairs_with_the_affine_stage_as_register_does(tmp_path, 
     assert calls == ([(2, 1, 48, 48), (2, 1, 48, 48)] if affine else [])
 
 
+def test_training_records_the_weights_so_far_for_a_scale_of_zero_steps(tmp_path):
+    """A weights file holds one state per scale; a skipped scale (0 steps, as the default's full
+    scale) gets the weights trained so far, so NMSR_V starts it where the previous scale ended."""
+    import torch
+
+    from napari_nmsr.core.train import load_weights, train
+
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    path = train([frames], tmp_path / "w.pt", small_config(steps=(3, 2, 0)))
+    states = load_weights(path)["state_dicts"]
+    assert len(states) == 3
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])  # scale 1 trained
+    assert all(torch.equal(states[1][k], states[2][k]) for k in states[1])  # scale 2 skipped
+
+
 def test_register_writes_fields_in_place_exactly_as_the_generator_yields_them():
     """register() pastes each scale into the array its result keeps; the values must equal
     register_iter's own, kept the same way (the coarse scales in float16, the finest in float32)."""

@@ -57,7 +57,7 @@ VARIANT_LABELS = {
 #: of its time; "paper" also switches the loss to the paper's (see
 #: PRESET_SETTINGS).
 STEP_PRESETS = {
-    "quick": (60, 40, 30, 10),
+    "quick": (60, 40, 30, 0),
     "default": tuple(PRESETS["default"]["steps"]),
     "paper": tuple(PRESETS["paper"]["steps"]),
 }
@@ -87,6 +87,7 @@ class RegistrationSection(QGroupBox):
         self._state = state
         self.worker = None
         self._pbar = None
+        self._pbar_scale = None  # the scale the progress description names
         self._cancelled = False
         self._failed = False
         self._config: RegistrationConfig | None = None
@@ -222,8 +223,8 @@ class RegistrationSection(QGroupBox):
             steps = _numbers(self.steps.text(), int)
         except ValueError:
             raise ValueError(f"Steps must be whole numbers separated by commas (got '{self.steps.text()}')")
-        if not steps or min(steps) < 1:
-            raise ValueError("Give at least one optimisation step per scale")
+        if not steps or min(steps) < 0:
+            raise ValueError("Steps per scale must be 0 or more (0 skips that scale's U-Net)")
         kwargs = self.advanced.values()
         return RegistrationConfig(
             variant=self.variant.currentData(),
@@ -268,7 +269,10 @@ class RegistrationSection(QGroupBox):
         self.run_image = image  # the run belongs to this sequence, whatever is chosen later
         self._run_seq = self._state.current
         self._info = sequence_info(image)
-        self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales))))
+        # The finest scale's steps are counted with the refinement's that end it (as Progress counts them).
+        refine = config.refine_steps + config.refine_fine_steps if config.refine_steps > 0 else 0
+        self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales)))) + refine
+        self._pbar_scale = None
         self._pbar = progress(total=self._total_steps, desc="NMSR registration")
         self.bar.setValue(0)
         self.bar.setFormat("%p%")
@@ -378,7 +382,8 @@ class RegistrationSection(QGroupBox):
         if pbar is not None:
             done = sum(self._config.steps_for(k) for k in range(p.scale_index)) + p.step
             pbar.n = min(done, self._total_steps)
-            if p.step == 1:
+            if p.scale_index != self._pbar_scale:  # a scale of 0 steps starts at its refinement's steps
+                self._pbar_scale = p.scale_index
                 pbar.set_description(f"NMSR scale {p.scale_index + 1}/{p.n_scales}")
             pbar.refresh()
 

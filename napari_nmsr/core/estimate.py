@@ -77,6 +77,9 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     gen = torch.Generator().manual_seed(0)
     net = None
     for k, s in enumerate(config.effective_scales):
+        if config.steps_for(k) == 0:  # a skipped scale costs next to nothing (register_iter)
+            stages.append(0.0)
+            continue
         data = engine.ScaleData.prepare(moving, fixed, mask_full, s, config.min_scale_px)
         data = _replicate(data, n_pairs)
         net = engine.UNet(config.encoder, config.decoder).to(device)

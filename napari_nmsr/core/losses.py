@@ -40,15 +40,32 @@ def _running_mean(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     return sums / _counts(n, radius, x.device).view([n if d == dim else 1 for d in range(4)])
 
 
-def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VARIANCE_FLOOR) -> torch.Tensor:
+def local_cc_map(a: torch.Tensor, b: torch.Tensor, radius: int, eps: float = VARIANCE_FLOOR,
+                 b_means: tuple | None = None) -> torch.Tensor:
     """Squared local correlation coefficient (paper eq. 3), (N, 1, H, W) in [0, 1].
 
     Computed in float32 whatever the input dtype (never under autocast).
+    ``b_means``: :func:`fixed_window_means` of ``b`` (the same values, computed once
+    while a field is fitted against a fixed ``b``).
     """
     a = a.float()
     b = b.float()
     with torch.autocast(device_type=a.device.type, enabled=False):
-        return _cc_from_means(*(box_mean(q, radius) for q in (a, b, a * b, a * a, b * b)), eps)
+        if b_means is None:  # (this order of operations is the one every tuned result was made with)
+            return _cc_from_means(*(box_mean(q, radius) for q in (a, b, a * b, a * a, b * b)), eps)
+        (mb, mbb), = b_means
+        return _cc_from_means(box_mean(a, radius), mb, box_mean(a * b, radius), box_mean(a * a, radius), mbb, eps)
+
+
+def fixed_window_means(b: torch.Tensor, radius: int | tuple[int, ...]) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The window means of ``b`` and ``b^2`` that :func:`local_cc_map` (one radius) or
+    :func:`mean_local_cc_map` (several) need, one (mean b, mean b^2) per radius: constant while a
+    field is fitted against a fixed frame, so an optimisation loop computes them once."""
+    b = b.float()
+    with torch.autocast(device_type=b.device.type, enabled=False):
+        if isinstance(radius, (tuple, list)):
+            return tuple(zip(box_means(b, tuple(radius)), box_means(b * b, tuple(radius))))
+        return ((box_mean(b, radius), box_mean(b * b, radius)),)
 
 
 def _cc_from_means(ma, mb, mab, maa, mbb, eps: float) -> torch.Tensor:
@@ -117,13 +134,18 @@ def _window_counts(h: int, w: int, radius: int, device) -> torch.Tensor:
 
 
 def mean_local_cc_map(a: torch.Tensor, b: torch.Tensor, radii: tuple[int, ...],
-                      eps: float = VARIANCE_FLOOR) -> torch.Tensor:
-    """The mean of :func:`local_cc_map` over several window radii, the window sums shared (:func:`box_means`)."""
+                      eps: float = VARIANCE_FLOOR, b_means: tuple | None = None) -> torch.Tensor:
+    """The mean of :func:`local_cc_map` over several window radii, the window sums shared (:func:`box_means`).
+
+    ``b_means``: :func:`fixed_window_means` of ``b`` at ``radii``, when computed once beforehand.
+    """
     a = a.float()
     b = b.float()
     with torch.autocast(device_type=a.device.type, enabled=False):
-        means = [box_means(q, radii) for q in (a, b, a * b, a * a, b * b)]  # [quantity][radius]
-        return sum(_cc_from_means(*per_radius, eps) for per_radius in zip(*means)) / len(radii)
+        fixed = b_means or fixed_window_means(b, tuple(radii))
+        ma, mab, maa = (box_means(q, radii) for q in (a, a * b, a * a))  # [quantity][radius]
+        return sum(_cc_from_means(ma[i], fixed[i][0], mab[i], maa[i], fixed[i][1], eps)
+                   for i in range(len(radii))) / len(radii)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -36,12 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from .convention import resize_field, resize_image, warp
-from .losses import bending_loss, gaussian_smooth, local_cc_map, mean_local_cc_map, pair_masked_mean
+from .losses import bending_loss, fixed_window_means, gaussian_smooth, local_cc_map, mean_local_cc_map, pair_masked_mean
 
-__all__ = ["RefineSettings", "grid_size", "match_map", "refine_fields", "work_size"]
+__all__ = ["RefineSettings", "fixed_means", "grid_size", "match_map", "refine_fields", "work_size"]
 
-#: Pixels (pairs x h x w at the working size) refined at once.
-PIXELS_AT_ONCE = {"cpu": 2**17, "mps": 2**22, "cuda": 2**24}
+#: Pixels (pairs x h x w at the working size) refined at once. On a CPU 2^19 (about six pairs of a
+#: 256 x 308 work grid) took 8-9 s for the shared DICOM's stage where 2^17 (one pair at a time) took
+#: 10-11 s and 2^20 9-10 s (nineteenth session, two threads), for about 150 MB more.
+PIXELS_AT_ONCE = {"cpu": 2**19, "mps": 2**22, "cuda": 2**24}
 
 
 @dataclass(frozen=True)
@@ -87,18 +89,31 @@ def grid_size(size: tuple[int, int], grid: float) -> tuple[int, int]:
     return max(4, round(size[0] * grid)), max(4, round(size[1] * grid))
 
 
-def match_map(warped: torch.Tensor, fixed: torch.Tensor, radius: int | tuple[int, ...]) -> torch.Tensor:
+def match_map(warped: torch.Tensor, fixed: torch.Tensor, radius: int | tuple[int, ...],
+              fixed_means: tuple | None = None) -> torch.Tensor:
     """The stage's local match: the local NCC map, or with several window radii the mean of their maps.
 
     A small window follows a deforming wall or a vortex closely but sees few speckles; a larger one
     is steadier where texture is sparse (real PIV particles) or coarse (real echo grain 2 x 4 px).
     Both at once kept most of either's gain (seventeenth session, benchmarks/README.md).
+    ``fixed_means``: :func:`fixed_means` of ``fixed`` (computed once per fit: it does not change).
     """
+    radius = _radius(radius)
+    if isinstance(radius, tuple):
+        return mean_local_cc_map(warped, fixed, radius, b_means=fixed_means)
+    return local_cc_map(warped, fixed, radius, b_means=fixed_means)
+
+
+def fixed_means(fixed: torch.Tensor, radius: int | tuple[int, ...]) -> tuple:
+    """The fixed frame's window means that :func:`match_map` needs, for a loop that fits against it."""
+    return fixed_window_means(fixed, _radius(radius))
+
+
+def _radius(radius: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    """One window radius as an int, several as a tuple."""
     if isinstance(radius, (tuple, list)):
-        if len(radius) > 1:
-            return mean_local_cc_map(warped, fixed, tuple(radius))
-        radius = radius[0]
-    return local_cc_map(warped, fixed, radius)
+        return tuple(radius) if len(radius) > 1 else int(radius[0])
+    return int(radius)
 
 
 def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
@@ -165,24 +180,26 @@ def _pair_weights(settings: RefineSettings, deforming: torch.Tensor | None, devi
 def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int, settings: RefineSettings, check):
     """Adam on a residual on ``grid`` added to ``base`` (a field in work-grid px): the masked local
     NCC of frame t resampled through it, plus ``smoothness`` x the grid's bending energy. Yields
-    each step's loss (a tensor); returns the residual (N, 2, *grid) in full-resolution px."""
+    each step's loss (a tensor, the chunk's mean per pair); returns the residual (N, 2, *grid) in full-resolution px."""
     to_work, to_grid = _to_size(full, work, base.device), _to_size(full, grid, base.device)
     delta = torch.zeros(base.shape[0], 2, *grid, device=base.device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=settings.lr)
+    with torch.no_grad():
+        fix_means = fixed_means(fix, settings.radius)  # frame t+1 does not move: its window means, once
     for _ in range(steps):
         if check is not None:
             check()
         up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-        cc = match_map(warp(mov, base + up, settings.mode), fix, settings.radius)
-        if isinstance(smoothness, torch.Tensor):  # a weight per pair
-            bend = (smoothness * bending_loss(delta * to_grid, per_pair=True)).mean()
-        else:
-            bend = smoothness * bending_loss(delta * to_grid)
-        loss = -pair_masked_mean(cc, wts).mean() + bend
+        cc = match_map(warp(mov, base + up, settings.mode), fix, settings.radius, fix_means)
+        # Each pair's own loss, summed (not averaged) over the chunk: a pair's gradient, and so its
+        # Adam steps (whose epsilon is not negligible against these small gradients), do not depend
+        # on how many pairs share its chunk, i.e. on the device's pixel budget.
+        bend = smoothness * bending_loss(delta * to_grid, per_pair=True)  # smoothness: one, or (N,)
+        loss = (-pair_masked_mean(cc, wts) + bend).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        yield loss
+        yield loss.detach() / base.shape[0]  # reported per pair
     return delta.detach()
 
 

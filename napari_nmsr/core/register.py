@@ -83,7 +83,7 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 #: regulariser, lambda 10, no affine stage) and its 3500 steps per scale (a
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
-    "default": {"steps": (150, 100, 100, 20), "smoothness": (50.0, 50.0, 100.0, 200.0),
+    "default": {"steps": (150, 100, 100, 0), "smoothness": (50.0, 50.0, 100.0, 200.0),
                 "curl_weight": (1.0, 1.0, 0.1, 1.0)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0},
@@ -263,6 +263,9 @@ class RegistrationConfig:
         if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
             raise ValueError(f"curl_weight must be one value or one per scale, each >= 0, got {self.curl_weight}")
         self.steps = _one_or_several(self.steps, int)
+        if min(self.steps if isinstance(self.steps, tuple) else (self.steps,), default=-1) < 0:
+            raise ValueError(f"steps must be one value or one per scale, each >= 0 (0 skips a scale's U-Net), "
+                             f"got {self.steps}")
         self.encoder = tuple(self.encoder)
         self.decoder = tuple(self.decoder)
         if int(self.min_scale_px) < MIN_SCALE_SIZE:
@@ -550,36 +553,49 @@ def register_iter(
     worse = deforming = None
     for k, s in enumerate(scales):
         started = time.perf_counter()
-        data = ScaleData.prepare(warped_full, fixed_full, mask_full, s, config.min_scale_px)
-        restart = worse is not None and bool(worse.any())
-        net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
-        amp = amp_for(config, device, finest=k == len(scales) - 1)
         # The finest scale's steps are counted with the refinement's that end it.
         extra = config.refine_steps + config.refine_fine_steps if k == len(scales) - 1 and config.refine_steps > 0 else 0
-        # A restarted output improves the loss slowly at first: no early stop before half the steps.
-        warmup = n_steps // 2 if restart else None
-        for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp, warmup=warmup,
-                                                   smoothness=config.smoothness_for(k), curl_weight=config.curl_weight_for(k)):
-            done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
-            yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started, min(1.0, done))
-        batch = batch_for(data, config, device, state)
-        release_host_memory()  # the training's freed buffers, before the full-frame work
         shape = (n_pairs, 2, h, w)
-        out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
-        stored = _box_view(out, box, device)  # on a CPU, the scale's field as the result keeps it
-        new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
-                                    out=stored if stored is not None and stored.dtype == torch.float32 else None,
-                                    chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
-        del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
-        warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
-                                                  mask_full, config)
-        if worse is not None:  # pairs for which the guard kept some U-Net scale's field
-            deforming = ~worse if deforming is None else deforming | ~worse
-        field_full = new_field
-        del new_field
-        release_host_memory()
+        if n_steps == 0:  # no U-Net at this scale: every pair keeps the field so far (the refinement may end it)
+            out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
+            stored = _box_view(out, box, device)
+            if out.dtype == np.float32:  # the field so far may be kept in float16 (.scale_fields): this row is not
+                if stored is not None:
+                    stored.copy_(field_full)
+                    field_full = stored
+                else:
+                    field_full = field_full.float()
+            worse = torch.ones(n_pairs, dtype=torch.bool, device=device) if config.guard else None
+        else:
+            data = ScaleData.prepare(warped_full, fixed_full, mask_full, s, config.min_scale_px)
+            restart = worse is not None and bool(worse.any())
+            net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
+            amp = amp_for(config, device, finest=k == len(scales) - 1)
+            # A restarted output improves the loss slowly at first: no early stop before half the steps.
+            warmup = n_steps // 2 if restart else None
+            for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
+                                                   warmup=warmup, smoothness=config.smoothness_for(k),
+                                                   curl_weight=config.curl_weight_for(k)):
+                done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
+                yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started,
+                               min(1.0, done))
+            batch = batch_for(data, config, device, state)
+            release_host_memory()  # the training's freed buffers, before the full-frame work
+            out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
+            stored = _box_view(out, box, device)  # on a CPU, the scale's field as the result keeps it
+            new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
+                                        out=stored if stored is not None and stored.dtype == torch.float32 else None,
+                                        chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
+            del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
+            warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
+                                                      mask_full, config)
+            if worse is not None:  # pairs for which the guard kept some U-Net scale's field
+                deforming = ~worse if deforming is None else deforming | ~worse
+            field_full = new_field
+            del new_field
+            release_host_memory()
         if k == len(scales) - 1 and config.refine_steps > 0:  # the last stage, reported as the finest scale's
             settings = RefineSettings.from_config(config)
             for done_steps, total, value in refine_fields(field_full, moving_full, fixed_full, mask_full, settings,
@@ -647,7 +663,8 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         crop = training_crop((h, w), device, config)
         px = crop[0] * crop[1] if crop else h * w
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
-        work.append(3.0 * config.steps_for(k) * batch * px + n_pairs * h * w + 2e4 * config.steps_for(k))
+        n_steps = config.steps_for(k)  # 0: the scale is skipped (no training, no inference)
+        work.append(3.0 * n_steps * batch * px + n_pairs * h * w + 2e4 * n_steps if n_steps else 0.0)
     if config.refine_steps > 0:  # warp + NCC + their gradients: about a third of a U-Net step per pixel (measured)
         wh, ww = work_size(size, config.refine_max_px)
         work.append(1.0 * (config.refine_steps + config.refine_fine_steps) * n_pairs * wh * ww)

@@ -61,6 +61,9 @@ def train(
     net = UNet(config.encoder, config.decoder).to(device)
     states, state = [], {"divisor": 1}
     for k, s in enumerate(scales):
+        if config.steps_for(k) == 0:  # a skipped scale (as register_iter skips it): the weights so far stand for it
+            states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
+            continue
         with torch.no_grad():
             datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s, config.min_scale_px) for t, f in zip(tensors, fields)]
         n_steps = config.steps_for(k)

@@ -82,3 +82,16 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert not form.native.isVisibleTo(widget)
     widget.registration.advanced_toggle.setChecked(True)
     assert form.native.isVisibleTo(widget)
+
+
+def test_steps_text_takes_zero_to_skip_a_scale_and_refuses_negative_steps(make_napari_viewer):
+    # The default skips the full scale's U-Net (0 steps); the field shows it and a user can run it.
+    viewer = make_napari_viewer()
+    reg = open_panel(viewer).registration
+    assert reg.steps.text().replace(" ", "") == ",".join(str(n) for n in RegistrationConfig().steps)
+    assert reg.config().steps_for(3) == 0
+    reg.steps.setText("150, 100, 100, 20")
+    assert reg.config().steps_for(3) == 20
+    reg.steps.setText("150, -1, 100, 0")
+    with pytest.raises(ValueError, match="0 or more"):
+        reg.config()
