@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -117,9 +118,11 @@ class _Bar:
         self.last = now
         width = 30
         filled = int(round(width * ev.fraction))
+        # No loss read yet in this scale (a skipped U-Net scale's refinement reads it once per chunk).
+        loss = f"loss {ev.loss:+.4f}" if math.isfinite(ev.loss) else "loss ...    "
         sys.stderr.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] scale {ev.scale_index + 1}/{ev.n_scales} "
-            f"(1/{1 / ev.scale:g}) step {ev.step}/{ev.n_steps} loss {ev.loss:+.4f}  {_eta(ev)}  "
+            f"(1/{1 / ev.scale:g}) step {ev.step}/{ev.n_steps} {loss}  {_eta(ev)}  "
         )
         sys.stderr.flush()
 

@@ -109,3 +109,17 @@ def test_bad_set_is_one_line_and_writes_nothing(setting, needle, sample, capsys)
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_progress_line_says_no_nan_before_a_scale_has_read_its_loss(capsys):
+    # A skipped U-Net scale (the default's full scale) reports its refinement's steps, whose loss is
+    # read once per chunk: until then the line shows no number rather than "nan".
+    from napari_nmsr.cli import _Bar
+    from napari_nmsr.core.register import Progress
+
+    bar = _Bar(quiet=False)
+    bar(Progress(3, 4, 1.0, 5, 150, float("nan"), 2.0, 0.9))
+    bar.last = 0.0
+    bar(Progress(3, 4, 1.0, 100, 150, -0.4321, 3.0, 0.95))
+    err = capsys.readouterr().err
+    assert "nan" not in err and "step 5/150 loss ..." in err and "loss -0.4321" in err

@@ -8,6 +8,7 @@ effect at the next optimisation step, and every finished scale is handed on
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -375,9 +376,8 @@ class RegistrationSection(QGroupBox):
         self.bar.setValue(int(1000 * p.fraction))
         eta = p.eta_s
         self.bar.setFormat("%p%" if eta is None else f"%p%  ·  about {eta:.0f} s left")
-        self.status.setText(
-            f"Scale {p.scale_index + 1} of {p.n_scales} ({p.scale:g}) - step {p.step} of {p.n_steps} - loss {p.loss:.4f}"
-        )
+        loss = f" - loss {p.loss:.4f}" if math.isfinite(p.loss) else ""  # none read yet in this scale
+        self.status.setText(f"Scale {p.scale_index + 1} of {p.n_scales} ({p.scale:g}) - step {p.step} of {p.n_steps}{loss}")
         pbar = self._pbar  # napari's progress may run the event loop (and end the run) inside refresh
         if pbar is not None:
             done = sum(self._config.steps_for(k) for k in range(p.scale_index)) + p.step

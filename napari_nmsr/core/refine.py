@@ -21,7 +21,9 @@ scale's field for them) get a weaker bending weight for the coarse residual
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
 which bounds the cost on 768x1024 cines. Pairs are independent, so they are
-refined in chunks that fit a pixel budget, one chunk after another.
+refined in chunks that fit a pixel budget, one chunk after another; a chunk's
+loss is the sum of its pairs' losses, so a pair's result does not depend on
+the chunk it shares (nor on the device's budget).
 
 Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx));
 ``moving`` is frame t, ``fixed`` frame t+1, the field lives on the fixed grid.

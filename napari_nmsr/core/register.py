@@ -133,7 +133,12 @@ class RegistrationConfig:
     """Every knob of a run; stored in the result file.
 
     ``steps`` and ``smoothness`` are one number for all scales or one per
-    scale. The default weight is 4x higher at the full scale (200 vs 50): its
+    scale. A scale of 0 steps is skipped (no training, no inference: every
+    pair keeps the field so far). The default skips the full scale's U-Net:
+    the guard rejected its 20 steps' field for every pair of the 48 tuning
+    cases, and the geo-mean is 0.520 with or without them (benchmarks/README.md,
+    nineteenth session); the refinement ends the run in that row. When it runs,
+    its weight is 4x the coarse scales' (200 vs 50): its
     20 steps, fitted to strongly decorrelated speckle, raised the match while
     moving away from the true motion, and the guard let them pass
     (benchmarks/README.md, thirteenth session: decorrelation tuning cases

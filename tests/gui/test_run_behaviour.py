@@ -10,6 +10,7 @@ from qtpy.QtCore import QThreadPool, QTimer
 from gui_helpers import SCREENSHOTS, add_small_sequence, open_panel, set_run, wait_for_run
 from napari_nmsr._widget import registration_section
 from napari_nmsr._widget.layers import ROLE_KEY, ROLE_VECTORS, SOURCE_KEY
+from napari_nmsr.core.register import RegistrationConfig
 
 pytestmark = pytest.mark.gui
 
@@ -179,6 +180,31 @@ def test_rerun_replaces_its_own_layers_never_the_users(make_napari_viewer, qtbot
     assert viewer.layers["my arrows"] is user_vectors
     np.testing.assert_array_equal(user_vectors.data, mine)
     assert widget.metrics.rowCount() == 1
+
+
+def test_a_skipped_finest_scale_shows_its_refinement_in_the_status_and_progress(make_napari_viewer, qtbot):
+    # 0 steps at the full scale (the default): that scale's progress is its refinement's, whose loss
+    # is read once per chunk; the status never says "nan" and the activity bar counts those steps.
+    viewer, widget = _panel_with_small_sequence(make_napari_viewer)
+    reg = widget.registration
+    set_run(widget, "0.5, 1", "3, 0")
+    texts, counts = [], []
+    real = reg._on_progress
+
+    def spy(p):
+        real(p)
+        texts.append(reg.status.text())
+        if reg._pbar is not None:
+            counts.append((reg._pbar.n, reg._total_steps))
+
+    reg._on_progress = spy
+    reg.run()
+    wait_for_run(qtbot, widget)
+    finest = [t for t in texts if t.startswith("Scale 2 of 2")]
+    assert finest and not any("nan" in t for t in texts)
+    assert counts[-1][1] == 3 + RegistrationConfig().refine_steps + RegistrationConfig().refine_fine_steps
+    assert max(n for n, _ in counts) > 3  # the refinement's steps moved the bar past the 1/2 scale's
+    assert widget.metrics.rowCount() == 2
 
 
 def test_quick_preset_is_cheaper_than_the_default_at_every_scale():
