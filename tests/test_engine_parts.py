@@ -442,6 +442,31 @@ def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch
     assert estimate_seconds(frames, None, cfg).stages_s[2] == 0.0
 
 
+def test_a_skipped_middle_scale_leaves_the_next_scales_restart_to_the_scale_before(monkeypatch):
+    # The next U-Net restarts its output when the guard rejected the previous U-Net's field for some
+    # pair; a skipped scale ran no U-Net, so it must not force that restart. A smooth bump (3 px,
+    # not affine) that the 1/4 scale's U-Net captures for every pair.
+    base = torch.from_numpy(speckle(64, seed=1)).float()[None, None]
+    yy, xx = np.mgrid[:64, :64]
+    bump = 3.0 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 12.0**2))
+    field = torch.from_numpy(np.stack([bump, -bump])[None]).float()
+    frames = np.stack([warp(base, field * t)[0, 0].numpy() for t in range(4)])
+    restarts = []
+    real = engine._network_for_scale
+
+    def spy(k, scale, previous, config, init_states, restart=False):
+        restarts.append(restart)
+        return real(k, scale, previous, config, init_states, restart=restart)
+
+    monkeypatch.setattr(engine, "_network_for_scale", spy)
+    cfg = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=(30, 0, 3), refine_steps=0, min_scale_px=12)
+    done = [e for e in engine.register_iter(frames, None, cfg) if isinstance(e, engine.ScaleDone)]
+    assert len(restarts) == 2 and restarts[0] is False  # scales 0 and 2 built a network
+    assert not done[0].kept_previous.any()  # the 1/4 scale's field was kept for every pair
+    assert done[1].kept_previous.all() and done[1].steps_run == 0
+    assert restarts[1] is False
+
+
 def test_steps_are_zero_or_more():
     assert RegistrationConfig(steps=(150, 100, 100, 0)).steps_for(3) == 0
     for bad in (-1, (150, -5, 100, 0), ()):

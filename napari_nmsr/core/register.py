@@ -556,6 +556,7 @@ def register_iter(
         warped_full = _chunked(warp, moving_full, field_full)
         match = _match(warped_full, fixed_full, mask_full, config.ncc_radius) if config.guard else None
     worse = deforming = None
+    rejected = None  # the pairs whose field the last U-Net scale that ran did not improve (its guard)
     for k, s in enumerate(scales):
         started = time.perf_counter()
         n_steps = config.steps_for(k)
@@ -575,7 +576,7 @@ def register_iter(
             worse = torch.ones(n_pairs, dtype=torch.bool, device=device) if config.guard else None
         else:
             data = ScaleData.prepare(warped_full, fixed_full, mask_full, s, config.min_scale_px)
-            restart = worse is not None and bool(worse.any())
+            restart = rejected is not None and bool(rejected.any())
             net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
             amp = amp_for(config, device, finest=k == len(scales) - 1)
             # A restarted output improves the loss slowly at first: no early stop before half the steps.
@@ -598,6 +599,7 @@ def register_iter(
                                                       mask_full, config)
             if worse is not None:  # pairs for which the guard kept some U-Net scale's field
                 deforming = ~worse if deforming is None else deforming | ~worse
+            rejected = worse
             field_full = new_field
             del new_field
             release_host_memory()
