@@ -26,6 +26,7 @@ from .cli_checks import (
     read_mask_argument,
     read_weights_argument,
     run_quietly,
+    steps_per_scale,
 )
 
 __all__ = ["main", "build_parser"]
@@ -73,7 +74,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--variant", default="nmsr_vi", choices=VARIANTS)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--steps", type=positive_int, help="optimisation steps per scale, >= 1 (default: the preset)")
+    p.add_argument("--steps", type=steps_per_scale,
+                   help="optimisation steps per scale: one number (>= 1), or one per scale, coarse to fine "
+                        "(e.g. 150,100,100,20; 0 skips a scale's U-Net) (default: the preset)")
     from .core.register import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),

@@ -25,6 +25,7 @@ __all__ = [
     "ArgumentError",
     "OneLineParser",
     "positive_int",
+    "steps_per_scale",
     "output_file",
     "check_outputs_distinct",
     "read_mask_argument",
@@ -94,6 +95,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def steps_per_scale(text: str) -> int | tuple[int, ...]:
+    """argparse ``type=`` for ``--steps``: one count for every scale (>= 1), or one per scale, coarse
+    to fine, comma-separated (each >= 0, 0 skipping that scale's U-Net; at least one scale trains)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        return positive_int(parts[0])
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole numbers separated by commas") from None
+    if min(values) < 0 or max(values) < 1:
+        raise argparse.ArgumentTypeError(f"each scale's steps must be 0 or more, and some scale must train; got {text!r}")
+    return values
 
 
 def output_file(path, what: str, suffix: str | None = None) -> Path:

@@ -59,6 +59,24 @@ def test_counts_below_one_are_refused_in_one_line(files, option, value, capsys, 
     assert option in line and ("at least 1" in line or "whole number" in line)
 
 
+@pytest.mark.parametrize("value, expected", [("150,100,100,20", (150, 100, 100, 20)), ("40", 40),
+                                             ("150, 100, 100, 0", (150, 100, 100, 0))])
+def test_steps_take_one_count_or_one_per_scale(value, expected):
+    from napari_nmsr.cli import build_parser
+
+    args = build_parser().parse_args(["register", "in.npy", "--out", "r.npz", "--steps", value])
+    assert args.steps == expected
+
+
+@pytest.mark.parametrize("value", ["0,0,0,0", "150,-1,100,0", "150,x"])
+def test_per_scale_steps_that_train_nothing_or_are_not_counts_are_refused(files, value, capsys, no_engine):
+    with pytest.raises(SystemExit) as exc:
+        main(["register", str(files / "frames.npy"), "--out", str(files / "r.npz"), "--steps", value])
+    assert exc.value.code == 2
+    line = _one_line(capsys)
+    assert "--steps" in line and ("0 or more" in line or "whole numbers" in line)
+
+
 @pytest.mark.parametrize("out", ["outdir", "outdir/", "file.txt/r.npz"])
 def test_register_output_that_cannot_be_a_file_is_refused_before_loading(files, out, capsys, no_engine):
     (files / "outdir").mkdir()
