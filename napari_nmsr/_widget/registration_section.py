@@ -108,7 +108,9 @@ class RegistrationSection(QGroupBox):
         for key in (*STEP_PRESETS, "custom"):
             self.preset.addItem(key, key)
         self.steps = QLineEdit()
-        self.steps.setToolTip("Optimisation steps per scale: one number, or one per scale (coarse to fine)")
+        self.steps.setToolTip("Optimisation steps per scale: one number, or one per scale (coarse to fine). "
+                              "0 skips that scale's U-Net: the default skips the full scale's, whose field the "
+                              "quality check rejected on every tuning case; the refinement makes that row")
         self.weights = QLineEdit()
         self.weights.setPlaceholderText("weights file from `nmsr train` (NMSR-V only)")
         self.weights_button = QPushButton("...")
