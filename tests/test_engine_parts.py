@@ -246,16 +246,17 @@ def test_crop_to_mask_gives_the_same_field_inside_as_the_whole_frame():
     assert abs(cropped.fields[-1, :, 1][inside].mean() - whole.fields[-1, :, 1][inside].mean()) < 0.5
 
 
-@pytest.mark.parametrize("guard", [True, False])
-def test_fields_written_in_place_into_the_result_equal_the_copied_ones(monkeypatch, guard):
+@pytest.mark.parametrize("guard, steps", [(True, 6), (False, 6), (True, (6, 6, 0)), (False, (6, 6, 0))])
+def test_fields_written_in_place_into_the_result_equal_the_copied_ones(monkeypatch, guard, steps):
     # On a CPU each scale's composed field is written straight into the box of the result's array
     # (register._box_view) and the next scale reads it from there; the guard restores rejected
     # pairs in place. The result must be exactly the one of separate tensors copied in at the end,
-    # every scale its own (no scale overwritten by the next), the edges filled as before.
+    # every scale its own (no scale overwritten by the next), the edges filled as before; also when
+    # the finest scale is skipped (the default), whose row starts from the float16-kept 1/2 field.
     frames = np.stack([np.roll(speckle(72, seed=5), 2 * t, axis=1) for t in range(4)])
     mask = np.zeros(frames.shape, bool)
     mask[:, 10:40, 12:44] = True
-    cfg = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=6, seed=0, min_scale_px=12, guard=guard, device="cpu")
+    cfg = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=steps, seed=0, min_scale_px=12, guard=guard, device="cpu")
     from napari_nmsr.core import threads
 
     monkeypatch.setitem(threads._auto, "on", False)  # the same torch thread count for both runs
