@@ -273,8 +273,7 @@ class RegistrationSection(QGroupBox):
         self._run_seq = self._state.current
         self._info = sequence_info(image)
         # The finest scale's steps are counted with the refinement's that end it (as Progress counts them).
-        refine = config.refine_steps + config.refine_fine_steps if config.refine_steps > 0 else 0
-        self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales)))) + refine
+        self._total_steps = int(sum(config.steps_for(k) for k in range(len(config.effective_scales)))) + config.refinement_steps
         self._pbar_scale = None
         self._pbar = progress(total=self._total_steps, desc="NMSR registration")
         self.bar.setValue(0)

@@ -122,7 +122,7 @@ def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
     timed = sum(1 for _ in steps)
     _sync(device)
     per_step = (time.perf_counter() - t0) / max(timed, 1)
-    return per_step * (total // settings.steps) * (config.refine_steps + config.refine_fine_steps)  # chunks x steps
+    return per_step * (total // settings.steps) * config.refinement_steps  # chunks x steps
 
 
 @torch.no_grad()

@@ -334,6 +334,11 @@ class RegistrationConfig:
         ``index`` (one value, or one per scale; 1: the bending energy itself)."""
         return self._per_scale(self.curl_weight, index)
 
+    @property
+    def refinement_steps(self) -> int:
+        """Steps of the last stage (both passes), counted in the finest scale's row; 0 without it."""
+        return self.refine_steps + self.refine_fine_steps if self.refine_steps > 0 else 0
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -562,11 +567,16 @@ def register_iter(
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
         # The finest scale's steps are counted with the refinement's that end it.
-        extra = config.refine_steps + config.refine_fine_steps if k == len(scales) - 1 and config.refine_steps > 0 else 0
-        shape = (n_pairs, 2, h, w)
-        if n_steps == 0:  # no U-Net at this scale: every pair keeps the field so far (the refinement may end it)
+        extra = config.refinement_steps if k == len(scales) - 1 else 0
+
+        def scale_out():
+            """The array the scale's full-frame field is kept in, and its box as a tensor view (CPU) or None."""
+            shape = (n_pairs, 2, h, w)
             out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
-            stored = _box_view(out, box, device)
+            return out, _box_view(out, box, device)
+
+        if n_steps == 0:  # no U-Net at this scale: every pair keeps the field so far (the refinement may end it)
+            out, stored = scale_out()
             if out.dtype == np.float32:  # the field so far may be kept in float16 (.scale_fields): this row is not
                 if stored is not None:
                     stored.copy_(field_full)
@@ -589,8 +599,7 @@ def register_iter(
                                min(1.0, done))
             batch = batch_for(data, config, device, state)
             release_host_memory()  # the training's freed buffers, before the full-frame work
-            out = np.empty(shape, kept_dtype(k, len(scales))) if field_buffer is None else field_buffer(k, len(scales), shape)
-            stored = _box_view(out, box, device)  # on a CPU, the scale's field as the result keeps it
+            out, stored = scale_out()  # on a CPU, stored is the scale's field as the result keeps it
             new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
                                         out=stored if stored is not None and stored.dtype == torch.float32 else None,
                                         chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
@@ -674,7 +683,7 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         work.append(3.0 * n_steps * batch * px + n_pairs * h * w + 2e4 * n_steps if n_steps else 0.0)
     if config.refine_steps > 0:  # warp + NCC + their gradients: about a third of a U-Net step per pixel (measured)
         wh, ww = work_size(size, config.refine_max_px)
-        work.append(1.0 * (config.refine_steps + config.refine_fine_steps) * n_pairs * wh * ww)
+        work.append(1.0 * config.refinement_steps * n_pairs * wh * ww)
     total = sum(work) or 1.0
     return [x / total for x in work]
 

@@ -61,17 +61,17 @@ def train(
     net = UNet(config.encoder, config.decoder).to(device)
     states, state = [], {"divisor": 1}
     for k, s in enumerate(scales):
-        if config.steps_for(k) == 0:  # a skipped scale (as register_iter skips it): the weights so far stand for it
-            states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
+        n_steps = config.steps_for(k)
+        if n_steps == 0:  # a skipped scale (as register_iter skips it): the weights so far stand for it
+            states.append(_weights_of(net))
             continue
         with torch.no_grad():
             datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s, config.min_scale_px) for t, f in zip(tensors, fields)]
-        n_steps = config.steps_for(k)
         amp = amp_for(config, device, finest=k == len(scales) - 1)
         for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel, amp=amp):
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
-        states.append({name: v.detach().cpu().clone() for name, v in net.state_dict().items()})
+        states.append(_weights_of(net))
         fields = [compose_resized(f, lambda pairs, d=d: d.residual(net, batch_for(d, config, device, state), config.field_sigma, amp, pairs))
                   for f, d in zip(fields, datas)]
     payload = {
@@ -85,6 +85,11 @@ def train(
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda tmp: torch.save(payload, tmp))
+
+
+def _weights_of(net) -> dict:
+    """A copy of the network's weights on the host, as a weights file keeps them per scale."""
+    return {name: v.detach().cpu().clone() for name, v in net.state_dict().items()}
 
 
 def load_weights(path: str | os.PathLike) -> dict:
