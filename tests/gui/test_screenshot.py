@@ -48,8 +48,8 @@ def test_readme_screenshot_of_the_default_run(make_napari_viewer, qtbot):
     viewer.reset_view()
     # zoom on the cavity so single arrows can be told apart
     ys, xs = (masks.data[4] > 0).nonzero()
-    viewer.camera.center = tuple(masks.data_to_world([4, ys.mean(), xs.mean()])[1:])
-    viewer.camera.zoom *= 1.6
+    viewer.scene.camera.center = tuple(masks.data_to_world([4, ys.mean(), xs.mean()])[1:])
+    viewer.scene.camera.zoom *= 1.6
     from qtpy.QtWidgets import QApplication, QDialog
 
     for toast in QApplication.topLevelWidgets() + QApplication.allWidgets():  # notification toasts
