@@ -139,3 +139,28 @@ def test_bench_suite_size_option_generates_and_caches_each_case_at_that_size(tmp
     again = bench_suite.load_case("probe", 3, 96)
     np.testing.assert_array_equal(again.fields, seq.fields)
     assert FAMILIES["probe"](3).truth["params"]["speed_px"] == seq.truth["params"]["speed_px"]
+
+
+def test_bench_suite_reads_the_vortex_centre_the_analysis_shows(tmp_path, monkeypatch):
+    """The Gamma-2 core centre of ``nmsr analyze`` lands on the true centre for the true field, is not
+    reported where no core is found (a motionless estimate), and old cached rows without it are redone."""
+    import json
+
+    import bench_suite
+
+    seq = FAMILIES["vortex"](5, size=128, n_frames=4)
+    exact = bench_suite.evaluate(seq, seq.fields)
+    assert exact["core_found_pct"] == 100.0 and exact["core_centre_err_px"] < 0.2
+    shifted = np.roll(seq.fields, 6, axis=-1)  # the same vortex 6 px to the right
+    assert 5.0 < bench_suite.evaluate(seq, shifted)["core_centre_err_px"] < 7.0
+    still = bench_suite.evaluate(seq, np.zeros_like(seq.fields))
+    assert still["core_found_pct"] == 0.0 and "core_centre_err_px" not in still
+
+    monkeypatch.setattr(bench_suite, "CACHE", tmp_path)
+    monkeypatch.setattr(bench_suite, "load_case", lambda *a, **k: seq)
+    path = tmp_path / "anchors" / f"{bench_suite._case_key('vortex', 5)}_zero_{bench_suite._anchor_key('zero')}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "ok", "centre_err_px": 1.0, "epe_mean": 9.0}))  # before the core centre
+    row = bench_suite._run_anchor("vortex", 5, "zero", 1)
+    assert row["core_found_pct"] == 0.0 and row["epe_mean"] != 9.0
+    assert json.loads(path.read_text())["core_found_pct"] == 0.0
