@@ -427,7 +427,7 @@ def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch
         return real(net, datas, n_steps, *args, **kwargs)
 
     monkeypatch.setattr(engine, "optimise_scale", spy)
-    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12, retry_steps=0)
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12)
     done = [e for e in engine.register_iter(frames, None, cfg) if isinstance(e, engine.ScaleDone)]
     assert trained == [(24, 24)]  # only the 1/2 scale trained
     assert done[1].steps_run == 0 and done[1].kept_previous.all()
@@ -771,57 +771,6 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
         assert result.refined is None and loaded.refined is None and "/3" not in table
 
 
-@pytest.mark.parametrize("retry", [5, 0])
-def test_the_last_u_net_scale_retries_only_the_pairs_its_guard_rejected(monkeypatch, retry):
-    # Scale 0 brings every pair to 1.7 px of the true 2 px shift. The last U-Net scale's first look
-    # fits noise to pairs 0 and 2 (rejected) and finds the rest of pair 1's shift (taken); after its
-    # retry it finds pair 0's shift, fits noise to pair 1 (never looked at again: its first field
-    # stays) and to pair 2 (rejected again).
-    big = speckle(80, seed=5, sigma=1.5)
-    frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(4)])[:, 8:-8, 8:-8]
-    trained, scales = [], {}
-    real = engine.optimise_scale
-
-    def spy(net, datas, n_steps, *args, **kwargs):
-        trained.append(n_steps)
-        return real(net, datas, n_steps, *args, **kwargs)
-
-    def residual(self, net, batch, sigma=0.0, amp=None, pairs=slice(None)):
-        k = scales.setdefault(tuple(self.moving.shape[-2:]), len(scales))
-        out = torch.zeros(self.moving.shape[0], 2, *self.full_size)
-        noise = 2.5 * gaussian_smooth(torch.randn(1, 2, *self.full_size, generator=torch.Generator().manual_seed(0)), 2.0)[0]
-        if k == 0:
-            out[:, 1] = 1.7
-        elif len(trained) == 2:  # the first look
-            out[0], out[2], out[1, 1] = noise, noise, 0.3
-        else:  # after the retry
-            out[0, 1], out[1], out[2] = 0.3, noise, noise
-        return out[pairs].to(self.moving.device)
-
-    monkeypatch.setattr(engine, "optimise_scale", spy)
-    monkeypatch.setattr(engine.ScaleData, "residual", residual)
-    config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=(8, 8, 0), affine=False, crop=False, refine_steps=0,
-                                min_scale_px=engine.MIN_SCALE_SIZE, retry_steps=retry)
-    assert [config.retry_steps_for(k) for k in range(3)] == [0, retry, 0]
-    events = []
-    progress = [e for e in engine.register_iter(frames, None, config) if isinstance(e, Progress) or events.append(e)]
-    field = np.asarray(events[1].field, np.float32)[:, :, 8:-8, 8:-8]  # away from the frame's edge
-    shift = field[:, 1].mean((1, 2))
-    if retry:
-        assert trained == [8, 8, retry]
-        assert events[1].kept_previous.tolist() == [False, False, True]
-        np.testing.assert_allclose(shift[:2], 2.0, atol=1e-4)  # pair 0 on the retry, pair 1 on the first look
-        assert np.abs(field[1, 0]).max() < 1e-4  # pair 1 kept its first-look field, not the retry's noise
-        assert events[1].steps_run == 8 + retry
-        assert max(p.step for p in progress if p.scale_index == 1) == 8 + retry
-    else:
-        assert trained == [8, 8]
-        assert events[1].kept_previous.tolist() == [True, False, True]
-        assert abs(shift[0] - 1.7) < 1e-3 and abs(shift[1] - 2.0) < 1e-4
-    assert abs(shift[2] - 1.7) < 1e-3 and np.abs(field[2, 0]).max() < 1e-3  # rejected both times
-    assert {p.n_steps for p in progress if p.scale_index == 1} == {8 + retry}
-
-
 def _shifted_pair(move, size, margin, sigma):
     """Two copies of a pair of speckle frames ``move`` px apart along x, and a field maker: shift(a, b)
     gives pair 0 the pull shift a and pair 1 the shift b (px along x)."""
@@ -967,11 +916,6 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     del saved["curl_weight"]
     old = RegistrationConfig.from_saved(saved)
     assert old.curl_weight == 1.0 and old.smoothness == RegistrationConfig().smoothness
-    del saved["retry_steps"]  # nor did one saved before the retry: it retried no pair
-    assert RegistrationConfig.from_saved(saved).retry_steps == 0
-    for bad in (-1, -100):
-        with pytest.raises(ValueError, match="retry_steps"):
-            RegistrationConfig(retry_steps=bad)
 
 
 def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated_speckle():

@@ -46,8 +46,6 @@ _TIPS = {
     "guard_gain": "Guard: share of a pair's remaining dissimilarity (1 - match) a sub-pixel refinement must remove "
                   "to be kept (0 = any improvement)",
     "min_scale_px": "Shortest side (px) of a coarse scale's grid: 1/8 and 1/4 of a small box are raised to it",
-    "retry_steps": "Guard: extra U-Net steps at the last (coarser than full) U-Net scale, then a second look at the "
-                   "pairs it rejected; the others keep their field (0 = off)",
     "crop": "Register only the mask's box (or the echo sector) plus a margin",
     "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",
     "pixels_per_step": "Pixels per optimisation step (blank = the device's default)",
@@ -73,7 +71,6 @@ _TIPS = {
 _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOLATIONS}
 #: Spin-box limits narrower than the defaults (the config refuses values outside them).
 _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
-           "retry_steps": {"min": 0, "max": 100000},
            "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
            "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_smoothness_deforming": {"min": 0.0, "max": 1e6},
            "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},

@@ -100,9 +100,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
             net(data.moving[:1], data.fixed[:1])
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs
-        # A retry (RegistrationConfig.retry_steps) trains on and infers again, for at most every pair.
-        looks = 2 if config.retry_steps_for(k) else 1
-        stages.append(step_s * (config.steps_for(k) + config.retry_steps_for(k)) + looks * (infer_s + finish_s))
+        stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
     if config.refine_steps > 0:
         stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
     return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)

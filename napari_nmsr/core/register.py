@@ -202,18 +202,6 @@ class RegistrationConfig:
     dissimilarity left (a local guard; fifteenth session: held-out geo-mean
     0.602 / 0.588 at seeds 0 / 1 against 0.615 / 0.632 without it; real PIV
     vortex warps 0.307 -> 0.243 and 0.130 -> 0.084 px).
-    ``retry_steps``: when the guard rejects the field of the last scale that
-    trains a U-Net (the 1/2 scale by default; never the full scale, where more
-    steps fit speckle) for some pairs, its network
-    trains this many more steps and only those pairs get a second look
-    (through the same guard; the pairs it accepted keep their field; 0: no
-    retry). A weak vortex is often not yet learnt after the scale's 100 steps
-    and then never found, while 200 steps for every pair fit noise elsewhere
-    (benchmarks/README.md, twentieth and twenty-first sessions: tuning vortex
-    14 0.544 -> 0.213 px and vortex 2 0.890 -> 0.633, real PIV 2 circulation
-    error 20 -> 5 %, the 48 tuning cases' geo-mean 0.520 -> 0.505 and no case
-    of the other families moved; the retry runs in most sequences, about a
-    third more time).
     ``min_scale_px``: a coarse scale's grid is never shorter than this on
     the short side of the registered box (the scale is raised, aspect kept;
     never above full size). At 1/8 a 128-160 px box is a 16-20 px grid, in
@@ -251,7 +239,6 @@ class RegistrationConfig:
     guard: bool = True
     guard_gain: float = 0.05
     min_scale_px: int = 32
-    retry_steps: int = 100
     refine_steps: int = 100
     refine_grid: float = 0.125
     refine_smoothness: float = 500.0
@@ -299,8 +286,6 @@ class RegistrationConfig:
                 or float(self.refine_lr) <= 0 or int(self.refine_max_px) < 16 or not radii or min(radii) < 1:
             raise ValueError("refine_steps must be >= 0, refine_grid in (0, 1], refine_smoothness >= 0, "
                              "refine_lr > 0, refine_max_px >= 16 and refine_radius >= 1 (each, if several)")
-        if int(self.retry_steps) < 0:
-            raise ValueError("retry_steps must be >= 0 (0: no second look at the pairs the guard rejected)")
         if float(self.refine_smoothness_deforming) < 0:
             raise ValueError("refine_smoothness_deforming must be >= 0")
         if int(self.refine_fine_steps) < 0 or not 0.0 < float(self.refine_fine_grid) <= 1.0 \
@@ -349,15 +334,6 @@ class RegistrationConfig:
         ``index`` (one value, or one per scale; 1: the bending energy itself)."""
         return self._per_scale(self.curl_weight, index)
 
-    def retry_steps_for(self, index: int) -> int:
-        """Extra steps scale ``index`` may train for the pairs its guard rejected: ``retry_steps`` at
-        the last scale that trains a U-Net, when that scale is coarser than the frames (with the
-        guard on), else 0. At full resolution more steps fit speckle (thirteenth session)."""
-        if not self.guard or self.steps_for(index) == 0 or self.effective_scales[index] >= 1.0:
-            return 0
-        later = range(index + 1, len(self.effective_scales))
-        return 0 if any(self.steps_for(j) > 0 for j in later) else int(self.retry_steps)
-
     @property
     def refinement_steps(self) -> int:
         """Steps of the last stage (both passes), counted in the finest scale's row; 0 without it."""
@@ -370,11 +346,9 @@ class RegistrationConfig:
     def from_saved(cls, saved: dict) -> "RegistrationConfig":
         """The config a result file was made with (``to_dict()``'s output). A field added since
         takes the value that reproduces the older engine: a file without ``curl_weight`` was
-        made with the bending energy at every scale (before the eighteenth session); one without
-        ``retry_steps`` retried no pair (before the twenty-first)."""
+        made with the bending energy at every scale (before the eighteenth session)."""
         values = dict(saved)
         values.setdefault("curl_weight", 1.0)
-        values.setdefault("retry_steps", 0)
         return cls(**values)
 
 
@@ -592,10 +566,8 @@ def register_iter(
         started = time.perf_counter()
         n_steps = config.steps_for(k)
         loss_value, step = float("nan"), 0
-        # The finest scale's steps are counted with the refinement's that end it, and the last U-Net
-        # scale's with its retry's (which only runs when its guard rejects some pair).
+        # The finest scale's steps are counted with the refinement's that end it.
         extra = config.refinement_steps if k == len(scales) - 1 else 0
-        retry = config.retry_steps_for(k)
 
         def scale_out():
             """The array the scale's full-frame field is kept in, and its box as a tensor view (CPU) or None."""
@@ -622,33 +594,18 @@ def register_iter(
             for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
                                                    warmup=warmup, smoothness=config.smoothness_for(k),
                                                    curl_weight=config.curl_weight_for(k)):
-                done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps + retry, 1)
-                yield Progress(k, len(scales), s, step, n_steps + retry + extra, loss_value,
-                               time.perf_counter() - run_started, min(1.0, done))
+                done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
+                yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started,
+                               min(1.0, done))
             batch = batch_for(data, config, device, state)
             release_host_memory()  # the training's freed buffers, before the full-frame work
             out, stored = scale_out()  # on a CPU, stored is the scale's field as the result keeps it
             new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
                                         out=stored if stored is not None and stored.dtype == torch.float32 else None,
                                         chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
-            if not retry:
-                del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
+            del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
             warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                       mask_full, config)
-            if retry and bool(worse.any()):  # a second look at the rejected pairs (RegistrationConfig.retry_steps)
-                first = step
-                for more, loss_value in optimise_scale(net, [data], retry, config, device, state, cancel, amp=amp,
-                                                       warmup=retry, smoothness=config.smoothness_for(k),
-                                                       curl_weight=config.curl_weight_for(k)):
-                    step = first + more
-                    done = sum(plan[: k + 1]) + plan[k + 1] * (n_steps + more) / (n_steps + retry)
-                    yield Progress(k, len(scales), s, step, n_steps + retry + extra, loss_value,
-                                   time.perf_counter() - run_started, min(1.0, done))
-                release_host_memory()
-                worse = _retry_rejected(net, data, batch, amp, field_full, new_field, warped_full, match, worse,
-                                        moving_full, fixed_full, mask_full, config)
-            if retry:
-                del data
             if worse is not None:  # pairs for which the guard kept some U-Net scale's field
                 deforming = ~worse if deforming is None else deforming | ~worse
             rejected = worse
@@ -722,7 +679,7 @@ def work_plan(n_pairs: int, size: tuple[int, int], config: "RegistrationConfig",
         crop = training_crop((h, w), device, config)
         px = crop[0] * crop[1] if crop else h * w
         batch = min(n_pairs, config.batch_size) if config.batch_size else default_batch(n_pairs, (crop or (h, w)), device, config)
-        n_steps = config.steps_for(k) + config.retry_steps_for(k)  # 0: the scale is skipped (no training, no inference)
+        n_steps = config.steps_for(k)  # 0: the scale is skipped (no training, no inference)
         work.append(3.0 * n_steps * batch * px + n_pairs * h * w + 2e4 * n_steps if n_steps else 0.0)
     if config.refine_steps > 0:  # warp + NCC + their gradients: about a third of a U-Net step per pixel (measured)
         wh, ww = work_size(size, config.refine_max_px)
@@ -1061,28 +1018,6 @@ def _settle_scale(new_field, old_field, warped, match, moving, fixed, mask, conf
     if not config.guard:
         return warped, match, None
     return warped, torch.cat(matches), torch.cat(kept)
-
-
-@torch.no_grad()
-def _retry_rejected(net, data, batch, amp, previous, field, warped, match, worse, moving, fixed, mask, config):
-    """The retrained network's field for each pair in ``worse`` (the guard rejected its first one, so
-    ``field`` still holds ``previous`` there), through the same guard; written into ``field``,
-    ``warped`` and ``match`` in place, a few pairs at a time. Returns the pairs still rejected."""
-    rejected = worse.nonzero()[:, 0]
-    size = tuple(previous.shape[-2:])
-    chunk = _inference_pairs(tuple(data.moving.shape[-2:]), previous.device)
-    still = worse.clone()
-    for i in range(0, len(rejected), chunk):
-        idx = rejected[i : i + chunk]
-        second = compose(previous[idx].float(), resize_field(data.residual(net, batch, config.field_sigma, amp, idx), size))
-        new_warped = warp(moving[idx], second)
-        m, again = _guard(second, new_warped, field[idx].float(), warped[idx], match[idx], fixed[idx],
-                          None if mask is None else mask[idx], config.ncc_radius, config.guard_gain, config.min_scale_px)
-        field[idx] = second.to(field.dtype)
-        warped[idx] = new_warped
-        match[idx] = m
-        still[idx] = again
-    return still
 
 
 @torch.no_grad()

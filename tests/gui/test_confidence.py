@@ -147,9 +147,8 @@ def test_consistency_worker_stops_on_shutdown(make_napari_viewer, qtbot):
     qtbot.addWidget(section)
     worker = section.consistency.check()
     assert worker is not None
-    # the one (finest) scale's 5000 steps, its retry's and the refinement that ends it (both its passes)
-    defaults = RegistrationConfig()
-    total = 5000 + defaults.retry_steps + defaults.refine_steps + defaults.refine_fine_steps
+    # the one (finest) scale's 5000 steps and the refinement that ends it (both its passes)
+    total = 5000 + RegistrationConfig().refine_steps + RegistrationConfig().refine_fine_steps
 
     def past_first_step():
         # several steps can land between two polls, so any step >= 2 of the right total counts
