@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 import baselines as bl  # noqa: E402
 from baselines import ANCHORS, BASELINES, BaselineUnavailable  # noqa: E402
 
+from napari_nmsr.core.analysis.pipeline import analyze_fields  # noqa: E402
 from napari_nmsr.core.families import (  # noqa: E402
     FAMILIES,
     SUITE_VERSION,
@@ -58,7 +59,6 @@ from napari_nmsr.core.families import (  # noqa: E402
     fit_rigid_rotation,
     suite_cases,
 )
-from napari_nmsr.core.analysis.pipeline import analyze_fields  # noqa: E402
 from napari_nmsr.core.simulate import SimulatedSequence, vortex_centre  # noqa: E402
 
 CACHE = HERE / "results" / "cache"
