@@ -395,6 +395,30 @@ def test_estimate_counts_the_full_resolution_work_that_closes_each_scale(monkeyp
     assert all(0.15 < e < 0.6 for e in extra), extra  # 0.1 s x 8 / 4 pairs = 0.2 s per scale
 
 
+def test_estimate_counts_the_affine_stages_fixed_work_once(monkeypatch):
+    # The affine stage's steps are cheap (images of at most 128 px); its fixed work (pyramids, the
+    # full-resolution fields) is not, and grows with the pairs. Scaling a short run by steps counted
+    # that fixed work ten times (5-8x high on the benchmark rows). A stand-in with known costs:
+    # 0.03 s per pair of fixed work, 0.01 s per level, 4 ms per step.
+    from napari_nmsr.core import global_motion
+
+    def stand_in(moving, fixed, mask=None, radius=6, sizes=None, steps=(100, 60, 30), cancel=None, phase_start=True):
+        time.sleep(0.03 * moving.shape[0])
+        for n in steps:
+            time.sleep(0.01)
+            for _ in range(n):
+                if cancel is not None:
+                    cancel()
+                time.sleep(0.004)
+        return torch.zeros(moving.shape[0], 2, *moving.shape[-2:])
+
+    monkeypatch.setattr(global_motion, "affine_fields", stand_in)
+    frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(2, 2), affine=True, refine_steps=0)
+    expected = 0.03 * 8 + 0.01 * 3 + 0.004 * sum(cfg.affine_steps)  # 1.03 s
+    assert 0.75 * expected < estimate_seconds(frames, None, cfg).stages_s[0] < 1.4 * expected
+
+
 def test_progress_reports_work_weighted_fraction_and_eta():
     frames = np.stack([speckle(32, seed=s) for s in range(3)])
     seen = []

@@ -4,11 +4,13 @@ A sonographer should see "about 25 s" before pressing Run, not discover it.
 The estimate times the real work on the real frames for a moment: two
 optimisation steps at every scale (the second is kept: the first pays for
 allocation), one forward pass per scale for the final fields, a few
-steps of the affine stage, and the full-resolution work that closes every
+steps of the affine stage timed one by one, the preparation of the frames,
+and the full-resolution work that closes every
 scale (composing and warping every pair, the guard, the metrics, the
 copy into the result), then multiplies by the planned step counts and
-frame pairs. Early stopping can only make the run shorter, so the estimate
-leans to the long side. It costs about a second on a CPU.
+frame pairs. Early stopping can only make the run shorter. On the benchmark
+rows (benchmarks/bench_speed.py, "est s" against "total s") it is 4-11 %
+short (twenty-first session). It costs about a second on a CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ __all__ = ["Estimate", "estimate_seconds"]
 
 @dataclass
 class Estimate:
-    """Seconds expected for a run: total and per stage (affine, one entry per scale, then the refinement when on)."""
+    """Seconds expected for a run: total and per stage (preparing the frames and the affine stage, one
+    entry per scale, then the refinement when on)."""
 
     total_s: float
     stages_s: list[float]
@@ -57,21 +60,18 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     n_pairs = frames.shape[0] - 1
     # Calibrate on at most a few pairs; per-pair costs scale linearly.
     sample = min(n_pairs, 4) + 1
+    t0 = time.perf_counter()
     box, moving, fixed, mask_full, score_mask = engine.prepare_inputs(frames[:sample], None if mask is None else mask[:sample], config, device)
+    # the run prepares every frame (the box, the grown mask, the copy to the device): per frame as here
+    prepare_s = (time.perf_counter() - t0) * frames.shape[0] / sample
     stages = []
     # One-time costs (kernels, thread pools) would otherwise be charged to the first timed step.
     warm = moving[:1]
     affine_fields(warm, fixed[:1], None, config.ncc_radius, steps=(1,))
     if config.affine:
-        # A tenth of every level's steps, so each level weighs as in the run.
-        calib = tuple(max(1, round(n / 10)) for n in config.affine_steps)
-        factor = sum(config.affine_steps) / sum(calib)
-        t0 = time.perf_counter()
-        affine_fields(moving, fixed, mask_full, config.ncc_radius, steps=calib)
-        _sync(device)
-        stages.append((time.perf_counter() - t0) * factor * n_pairs / moving.shape[0])
+        stages.append(prepare_s + _affine_seconds(moving, fixed, mask_full, config, device, n_pairs))
     else:
-        stages.append(0.0)
+        stages.append(prepare_s)
     finish_s = _finish_seconds(box, moving, fixed, mask_full, score_mask, frames.shape, config, device) * n_pairs / moving.shape[0]
     state = {"divisor": 1}
     gen = torch.Generator().manual_seed(0)
@@ -104,6 +104,53 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     if config.refine_steps > 0:
         stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
     return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)
+
+
+def _affine_seconds(moving, fixed, mask_full, config, device, n_pairs: int) -> float:
+    """Seconds of the affine stage for ``n_pairs`` pairs, from two short runs (one pair, then the
+    calibration pairs) of a tenth of each level's steps.
+
+    Its steps work on images of at most 128 px, so a step costs little and barely more with more
+    pairs, while its fixed work (pyramids, the full-resolution fields) grows with them: scaling a
+    whole short run by steps and pairs counted that fixed work ten times and more (5-8x high on
+    the benchmark rows). Each run is timed step by step (``cancel`` is polled every step): the
+    median step of each level, and the rest as fixed work; both are extrapolated linearly in the
+    number of pairs.
+    """
+    from .global_motion import affine_fields
+
+    calib = tuple(min(n, max(3, round(n / 10))) for n in config.affine_steps)  # >= 2 timed steps a level
+    runs = []
+    for count in sorted({1, moving.shape[0]}):
+        stamps: list[float] = []
+        t0 = time.perf_counter()
+        affine_fields(moving[:count], fixed[:count], None if mask_full is None else mask_full[:count],
+                      config.ncc_radius, steps=calib, cancel=lambda: stamps.append(time.perf_counter()))
+        _sync(device)
+        total = time.perf_counter() - t0
+        per_step, start = [], 0
+        # Between two polls of a level lies one of its steps; its set-up (before the first poll) and
+        # its last step fall into the fixed part. Only the levels these frames have were polled.
+        for n in calib:
+            if start >= len(stamps):
+                break
+            gaps = np.diff(stamps[start : start + n])
+            per_step.append(float(np.median(gaps)) if len(gaps) else 0.0)
+            start += n
+        stepped = sum(c * t for c, t in zip(calib, per_step))
+        runs.append((count, max(total - stepped, 0.0), per_step))
+
+    def at(n_pairs_, values):  # linear in pairs through the two runs (or proportional with one)
+        (n0, v0), (n1, v1) = values[0], values[-1]
+        if n1 == n0:
+            return v0 * n_pairs_ / n0
+        return max(v0 + (v1 - v0) * (n_pairs_ - n0) / (n1 - n0), 0.0)
+
+    fixed_s = at(n_pairs, [(n, f) for n, f, _ in runs])
+    steps = config.affine_steps
+    step_s = sum(steps[min(i, len(steps) - 1)] * at(n_pairs, [(n, ps[i]) for n, _, ps in runs])
+                 for i in range(len(runs[0][2])))
+    return fixed_s + step_s
 
 
 def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
