@@ -9,8 +9,9 @@ and the full-resolution work that closes every
 scale (composing and warping every pair, the guard, the metrics, the
 copy into the result), then multiplies by the planned step counts and
 frame pairs. Early stopping can only make the run shorter. On the benchmark
-rows (benchmarks/bench_speed.py, "est s" against "total s") it is 4-11 %
-short (twenty-first session). It costs about a second on a CPU.
+rows (benchmarks/bench_speed.py, "est s" against "total s") it is between
+2 % long and 11 % short (twenty-first session). It costs about a second on
+a CPU.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append(prepare_s + _affine_seconds(moving, fixed, mask_full, config, device, n_pairs))
     else:
         stages.append(prepare_s)
-    finish_s = _finish_seconds(box, moving, fixed, mask_full, score_mask, frames.shape, config, device) * n_pairs / moving.shape[0]
+    finish_s, start_s = (x * n_pairs / moving.shape[0] for x in
+                         _finish_seconds(box, moving, fixed, mask_full, score_mask, frames.shape, config, device))
+    stages[0] += start_s
     state = {"divisor": 1}
     gen = torch.Generator().manual_seed(0)
     net = None
@@ -173,24 +176,30 @@ def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
 
 
 @torch.no_grad()
-def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, device) -> float:
-    """Seconds of the full-resolution work after one scale's steps, for the calibration pairs.
+def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, device) -> tuple[float, float]:
+    """Seconds of the full-resolution work after one scale's steps, and of the run's first warp and
+    match (after the affine stage), for the calibration pairs.
 
     The engine's own calls (:func:`register.compose_resized`, :func:`register._settle_scale`,
-    :func:`register._report_scale`). On a 768x1024 cine without a mask this is
-    several seconds per scale, which an estimate of the steps alone missed.
+    :func:`register._report_scale`; :func:`register.warp`, :func:`register._match`). On a 768x1024
+    cine without a mask this is several seconds per scale, which an estimate of the steps alone missed.
     """
     from . import register as engine
 
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
-    match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None  # once per run
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        engine._chunked(engine.warp, moving, field)
+        match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None
+    _sync(device)
+    start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = np.empty((moving.shape[0], 2) + tuple(shape[-2:]), np.float32)
     new_field = engine.compose_resized(field, lambda pairs: field[pairs, :, ::2, ::2], out=engine._box_view(out, box, device))
     warped, _, _ = engine._settle_scale(new_field, field, moving.clone(), match, moving, fixed, mask_full, config)
     engine._report_scale(new_field, warped, fixed, score_mask, box, out)
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, start_s
 
 
 def _replicate(data, n_pairs: int):
