@@ -61,6 +61,8 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
     n_pairs = frames.shape[0] - 1
     # Calibrate on at most a few pairs; per-pair costs scale linearly.
     sample = min(n_pairs, 4) + 1
+    torch.zeros(1, device=device)  # the device's start (a CUDA context) is not per-frame work
+    _sync(device)
     t0 = time.perf_counter()
     box, moving, fixed, mask_full, score_mask = engine.prepare_inputs(frames[:sample], None if mask is None else mask[:sample], config, device)
     # the run prepares every frame (the box, the grown mask, the copy to the device): per frame as here
