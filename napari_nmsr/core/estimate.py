@@ -190,9 +190,8 @@ def _finish_seconds(box, moving, fixed, mask_full, score_mask, shape, config, de
 
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        engine._chunked(engine.warp, moving, field)
-        match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None
+    engine._chunked(engine.warp, moving, field)
+    match = engine._match(moving, fixed, mask_full, config.ncc_radius) if config.guard else None
     _sync(device)
     start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
