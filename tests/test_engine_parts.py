@@ -441,7 +441,8 @@ def test_work_plan_sums_to_one_and_includes_the_affine_stage():
 def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch):
     # The default skips the full scale's U-Net (its field was rejected by the guard on every tuning
     # pair); such a scale trains and infers nothing, its row is the previous scale's field (every
-    # pair "kept the previous"), and the refinement still ends the run in that row.
+    # pair "kept the previous"), and the refinement still ends the run in that row (the temporal
+    # consensus too, so both are off where the row must be the previous scale's field).
     frames = np.stack([speckle(48, seed=s) for s in range(4)])
     trained = []
     real = engine.optimise_scale
@@ -451,7 +452,7 @@ def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch
         return real(net, datas, n_steps, *args, **kwargs)
 
     monkeypatch.setattr(engine, "optimise_scale", spy)
-    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12)
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12, consensus_tolerance=0)
     done = [e for e in engine.register_iter(frames, None, cfg) if isinstance(e, engine.ScaleDone)]
     assert trained == [(24, 24)]  # only the 1/2 scale trained
     assert done[1].steps_run == 0 and done[1].kept_previous.all()
@@ -980,8 +981,8 @@ def test_compose_resized_equals_composing_all_pairs_at_once():
 def test_host_memory_is_given_back_after_every_scale_on_a_cpu(monkeypatch):
     # Freed full-resolution buffers must not pile up across scales in the process's heap:
     # the engine trims it after each scale's training, after its warp and after its report, and
-    # after the refinement (measured: the masked 45x768x1024 cine's peak 1247-1768 MB without the
-    # per-scale trim, 1121-1225 MB with; benchmarks/README.md, fourteenth session, for the rest).
+    # after the refinement, before the temporal consensus (measured: the masked 45x768x1024 cine's peak
+    # 1247-1768 MB without the per-scale trim, 1121-1225 MB with; benchmarks/README.md, fourteenth session).
     from napari_nmsr.core import device as device_module
 
     calls = []
@@ -991,6 +992,9 @@ def test_host_memory_is_given_back_after_every_scale_on_a_cpu(monkeypatch):
     assert result.n_scales == 4 and len(calls) == 3 * 4 + 1
     calls.clear()
     register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0))
+    assert len(calls) == 3 * 4 + 1  # the consensus alone ends the run
+    calls.clear()
+    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0, consensus_tolerance=0))
     assert len(calls) == 3 * 4
     device_module.release_host_memory()  # the real call works here (glibc) or is a no-op
 

@@ -66,6 +66,12 @@ _TIPS = {
     "refine_fine_grid": "Fine pass: its grid as a share of the frame",
     "refine_fine_smoothness": "Fine pass: weight of its residual's bending energy",
     "refine_fine_gain": "Fine pass: share of the local dissimilarity (1 - match) it must remove to be kept",
+    "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
+                           "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
+                           "(0 = off)",
+    "consensus_max_px": "Temporal consensus: where the neighbours' mean moves the field, or the two neighbours "
+                        "differ, by this many px or more, the field keeps its own value (motion that changes "
+                        "from pair to pair)",
 }
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOLATIONS}
@@ -75,7 +81,9 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_smoothness_deforming": {"min": 0.0, "max": 1e6},
            "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
            "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
-           "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01}}
+           "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01},
+           "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
+           "consensus_max_px": {"min": 0.0, "max": 1000.0, "step": 0.1}}
 
 
 def _split_optional(annotation):

@@ -30,7 +30,7 @@ __all__ = ["Estimate", "estimate_seconds"]
 @dataclass
 class Estimate:
     """Seconds expected for a run: total and per stage (preparing the frames and the affine stage, one
-    entry per scale, then the refinement when on)."""
+    entry per scale, then the refinement when on; the temporal consensus counts in the last entry)."""
 
     total_s: float
     stages_s: list[float]
@@ -108,6 +108,8 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
     if config.refine_steps > 0:
         stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
+    if config.consensus_tolerance > 0 and moving.shape[0] > 1:  # the last stage's row, as the run reports it
+        stages[-1] += _consensus_seconds(moving, fixed, config, device) * n_pairs / moving.shape[0]
     return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)
 
 
@@ -175,6 +177,17 @@ def _refine_seconds(moving, fixed, mask_full, config, device) -> float:
     _sync(device)
     per_step = (time.perf_counter() - t0) / max(timed, 1)
     return per_step * (total // settings.steps) * config.refinement_steps  # chunks x steps
+
+
+def _consensus_seconds(moving, fixed, config, device) -> float:
+    """Seconds of the temporal consensus for the calibration pairs (the engine's call, timed once)."""
+    from .consensus import ConsensusSettings, temporal_consensus
+
+    field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
+    t0 = time.perf_counter()
+    temporal_consensus(field, moving, fixed, ConsensusSettings.from_config(config))
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
