@@ -140,15 +140,28 @@ def test_large_frames_are_judged_at_the_refinements_size():
     assert epe(small.numpy(), truth) < 0.8 * epe(noisy.numpy(), truth)
 
 
-def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none():
+def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none(monkeypatch):
+    from napari_nmsr.core import register as engine
+
     moving, fixed, _ = sequence([0.5] * 4, size=64)
     frames = torch.cat([moving[:, 0], fixed[-1:, 0]]).clamp(0, 1).numpy()  # bicubic overshoots a little
     cfg = dict(scales=(0.5, 1.0), steps=(3, 0), encoder=(8, 8), decoder=(8, 8), affine=False, min_scale_px=16,
-               refine_steps=5, refine_fine_steps=0)
-    with_it = register(frames, config=RegistrationConfig(**cfg))
-    without = register(frames, config=RegistrationConfig(consensus_tolerance=0.0, **cfg))
-    assert not np.allclose(with_it.fields[-1], without.fields[-1])
-    assert np.allclose(with_it.fields[0], without.fields[0])  # only the last scale's row ends with it
+               refine_steps=5, refine_fine_steps=0, crop=False)
+    calls = []
+
+    def spy(field, moving, fixed, settings, check=None):  # a known change the result must carry
+        calls.append((field.clone(), settings))
+        field += 0.25
+        return field
+
+    monkeypatch.setattr(engine, "temporal_consensus", spy)
+    result = register(frames, config=RegistrationConfig(**cfg))
+    assert len(calls) == 1 and calls[0][1] == ConsensusSettings(0.03, 1.0, (2, 4), "bicubic", 256)
+    before = calls[0][0].numpy()
+    assert before.shape == (4, 2, 64, 64)
+    np.testing.assert_allclose(result.fields[-1], before + 0.25, atol=1e-6)  # after the refinement, last
+    register(frames, config=RegistrationConfig(consensus_tolerance=0.0, **cfg))
+    assert len(calls) == 1
     assert PRESETS["paper"]["consensus_tolerance"] == 0.0
     assert RegistrationConfig().consensus_tolerance > 0  # the default runs it
     # a result file saved before the stage existed was made without it (the consistency check re-runs it)
