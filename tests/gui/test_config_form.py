@@ -65,17 +65,26 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["refine_smoothness_deforming"].value = 40.0
     assert widget.registration.config().refine_smoothness_deforming == 40.0
     form["refine_smoothness_deforming"].value = defaults.refine_smoothness_deforming
+    # the temporal consensus: on by default, off at 0, its spin box stops below 1 as the config does
+    assert form["consensus_tolerance"].value == defaults.consensus_tolerance == 0.03
+    assert form["consensus_tolerance"].max == 0.99 and "consensus" in form["consensus_tolerance"].tooltip.lower()
+    form["consensus_tolerance"].value = 0.0
+    assert widget.registration.config().consensus_tolerance == 0.0
+    form["consensus_tolerance"].value = defaults.consensus_tolerance
+    assert form["consensus_max_px"].value == defaults.consensus_max_px == 1.0
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
     paper = widget.registration.config()
     assert paper.patience == 0 and paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
     assert paper.min_scale_px == 12 and form["min_scale_px"].value == 12  # the paper's plain pyramid
+    assert paper.consensus_tolerance == 0.0 and form["consensus_tolerance"].value == 0.0
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("default"))
     back = widget.registration.config()
     assert back.patience == defaults.patience and back.regulariser == defaults.regulariser
     assert back.affine == defaults.affine and back.curl_weight == defaults.curl_weight
     assert back.min_scale_px == defaults.min_scale_px == 32
+    assert back.consensus_tolerance == defaults.consensus_tolerance  # the default preset runs it again
     form["min_scale_px"].value = 48
     assert widget.registration.config().min_scale_px == 48
     assert form["min_scale_px"].min == 12  # the config refuses less
