@@ -174,25 +174,3 @@ def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none(monkey
     with pytest.raises(ValueError, match="consensus_max_px"):
         RegistrationConfig(consensus_max_px=-1.0)
 
-
-def test_the_time_estimate_counts_the_consensus(monkeypatch):
-    import time
-
-    from napari_nmsr.core import consensus
-    from napari_nmsr.core.estimate import estimate_seconds
-
-    frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
-    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False, refine_steps=0)
-    base = estimate_seconds(frames, None, cfg)
-    real = consensus._allowed
-
-    def slow(*args, **kwargs):
-        time.sleep(0.1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(consensus, "_allowed", slow)  # the stage's own call, which the estimate times
-    slowed = estimate_seconds(frames, None, cfg)
-    assert 0.15 < slowed.stages_s[-1] - base.stages_s[-1] < 0.6  # 0.1 s per chunk, x 8 / 4 pairs
-    off = estimate_seconds(frames, None, RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False,
-                                                             refine_steps=0, consensus_tolerance=0.0))
-    assert off.stages_s[-1] < slowed.stages_s[-1] - 0.15

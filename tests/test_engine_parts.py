@@ -383,16 +383,34 @@ def test_estimate_counts_the_full_resolution_work_that_closes_each_scale(monkeyp
     frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
     cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(4, 2), affine=False, refine_steps=0)
     base = estimate_seconds(frames, None, cfg)
-    real = engine.pair_metrics
-
-    def slow(*args, **kwargs):
-        time.sleep(0.1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "pair_metrics", slow)  # the engine's own call, which the estimate times
+    slow_down(monkeypatch, engine, "pair_metrics", 0.1)  # the engine's own call, which the estimate times
     slowed = estimate_seconds(frames, None, cfg)
     extra = [b - a for a, b in zip(base.stages_s[1:], slowed.stages_s[1:])]
     assert all(0.15 < e < 0.6 for e in extra), extra  # 0.1 s x 8 / 4 pairs = 0.2 s per scale
+
+
+def test_estimate_counts_the_temporal_consensus(monkeypatch):
+    from napari_nmsr.core import consensus
+
+    frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
+    cfg = dict(scales=(0.5, 1.0), steps=(4, 2), affine=False, refine_steps=0)
+    base = estimate_seconds(frames, None, RegistrationConfig(**cfg))
+    slow_down(monkeypatch, consensus, "_allowed", 0.1)  # the stage's own call, which the estimate times
+    slowed = estimate_seconds(frames, None, RegistrationConfig(**cfg))
+    assert 0.15 < slowed.stages_s[-1] - base.stages_s[-1] < 0.6  # 0.1 s per chunk, x 8 / 4 pairs
+    off = estimate_seconds(frames, None, RegistrationConfig(consensus_tolerance=0.0, **cfg))
+    assert off.stages_s[-1] < slowed.stages_s[-1] - 0.15
+
+
+def slow_down(monkeypatch, module, name: str, seconds: float):
+    """Make ``module.name`` (a function the engine and the estimate call) take ``seconds`` longer."""
+    real = getattr(module, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, slow)
 
 
 def test_estimate_counts_the_affine_stages_fixed_work_once(monkeypatch):
