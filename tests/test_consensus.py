@@ -171,6 +171,7 @@ def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none(monkey
     assert RegistrationConfig.from_saved(saved).consensus_tolerance == 0.0
     with pytest.raises(ValueError, match="consensus_tolerance"):
         RegistrationConfig(consensus_tolerance=1.0)
-    with pytest.raises(ValueError, match="consensus_max_px"):
-        RegistrationConfig(consensus_max_px=-1.0)
+    for bad in (-1.0, 0.0):  # the stage is turned off by its tolerance; a zero cap would only hide that
+        with pytest.raises(ValueError, match="consensus_max_px"):
+            RegistrationConfig(consensus_max_px=bad)
 

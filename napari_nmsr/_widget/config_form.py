@@ -83,7 +83,7 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
            "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01},
            "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
-           "consensus_max_px": {"min": 0.0, "max": 1000.0, "step": 0.1}}
+           "consensus_max_px": {"min": 0.01, "max": 1000.0, "step": 0.1}}
 
 
 def _split_optional(annotation):

@@ -307,8 +307,8 @@ class RegistrationConfig:
                 or float(self.refine_fine_smoothness) < 0 or not 0.0 < float(self.refine_fine_gain) < 1.0:
             raise ValueError("refine_fine_steps must be >= 0, refine_fine_grid in (0, 1], refine_fine_smoothness >= 0 "
                              "and refine_fine_gain in (0, 1)")
-        if not 0.0 <= float(self.consensus_tolerance) < 1.0 or not float(self.consensus_max_px) >= 0.0:
-            raise ValueError("consensus_tolerance must be in [0, 1) (0: no temporal consensus) and consensus_max_px >= 0")
+        if not 0.0 <= float(self.consensus_tolerance) < 1.0 or not float(self.consensus_max_px) > 0.0:
+            raise ValueError("consensus_tolerance must be in [0, 1) (0: no temporal consensus) and consensus_max_px > 0")
         if self.refine_interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown refine_interpolation {self.refine_interpolation!r}; "
                              f"choose one of {', '.join(INTERPOLATIONS)}")
