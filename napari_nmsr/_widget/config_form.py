@@ -66,6 +66,10 @@ _TIPS = {
     "refine_fine_grid": "Fine pass: its grid as a share of the frame",
     "refine_fine_smoothness": "Fine pass: weight of its residual's bending energy",
     "refine_fine_gain": "Fine pass: share of the local dissimilarity (1 - match) it must remove to be kept",
+    "refine_fine_smoothness_deforming": "Fine pass: the bending weight for pairs whose motion is more than affine",
+    "refine_fine_gain_deforming": "Fine pass: the share to remove, for pairs whose motion is more than affine",
+    "refine_fine_neighbours": "Fine pass, pairs whose motion is more than affine: weight of the pairs before and "
+                              "after in each pair's fit (0 = its own frames only)",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",
@@ -82,6 +86,9 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
            "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
            "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01},
+           "refine_fine_smoothness_deforming": {"min": 0.0, "max": 1e6},
+           "refine_fine_gain_deforming": {"min": 0.001, "max": 0.99, "step": 0.01},
+           "refine_fine_neighbours": {"min": 0.0, "max": 1.0, "step": 0.1},
            "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
            "consensus_max_px": {"min": 0.01, "max": 1000.0, "step": 0.1}}
 

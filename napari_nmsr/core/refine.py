@@ -17,13 +17,17 @@ kept only where it clearly raises the local match (fifteenth session).
 Pairs whose motion is more than affine (``deforming``: the guard kept a U-Net
 scale's field for them) get a weaker bending weight for the coarse residual
 (seventeenth session): the strong one is for pairs the affine stage explains.
+Their fine residual is weaker still, more easily kept, and fitted to their
+neighbouring pairs' data as well as their own (twenty-fourth session): one pair's
+speckle does not hold a slow vortex's turn, three consecutive pairs' do better.
 
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
 which bounds the cost on 768x1024 cines. Pairs are independent, so they are
 refined in chunks that fit a pixel budget, one chunk after another; a chunk's
 loss is the sum of its pairs' losses, so a pair's result does not depend on
-the chunk it shares (nor on the device's budget).
+the chunk it shares (nor on the device's budget); a chunk of deforming pairs
+reads one pair more on either side.
 
 Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx));
 ``moving`` is frame t, ``fixed`` frame t+1, the field lives on the fixed grid.
@@ -66,17 +70,27 @@ class RefineSettings:
     fine_gain: float = 0.1
     #: the coarse residual's bending weight for pairs the affine stage did not explain (``deforming``)
     smoothness_deforming: float | None = None
+    #: for those pairs, the fine residual's bending weight and gain, and the weight of pairs t-1 and
+    #: t+1's data in pair t's fine residual (0: its own data alone); None: the rigid pairs' values
+    fine_smoothness_deforming: float | None = None
+    fine_gain_deforming: float | None = None
+    fine_neighbours: float = 0.0
 
     def __post_init__(self):
-        if self.smoothness_deforming is None:
-            object.__setattr__(self, "smoothness_deforming", self.smoothness)
+        for name, default in (("smoothness_deforming", self.smoothness),
+                              ("fine_smoothness_deforming", self.fine_smoothness),
+                              ("fine_gain_deforming", self.fine_gain)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     @classmethod
     def from_config(cls, config) -> "RefineSettings":
         return cls(config.refine_steps, config.refine_grid, config.refine_smoothness, config.refine_lr,
                    config.refine_max_px, config.refine_radius, config.refine_interpolation,
                    config.refine_fine_steps, config.refine_fine_grid, config.refine_fine_smoothness,
-                   config.refine_fine_gain, config.refine_smoothness_deforming)
+                   config.refine_fine_gain, config.refine_smoothness_deforming,
+                   config.refine_fine_smoothness_deforming, config.refine_fine_gain_deforming,
+                   config.refine_fine_neighbours)
 
 
 def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
@@ -132,38 +146,102 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     loss (or None); ``check()`` raises to cancel (the field then holds the chunks finished so far,
     each either refined or untouched). The loss is read back only at the end of each chunk.
     ``deforming`` (N,) bool: pairs whose motion the affine stage did not explain (the guard kept a
-    U-Net scale's field for them); their coarse residual is fitted with ``smoothness_deforming``.
+    U-Net scale's field for them); their coarse residual is fitted with ``smoothness_deforming``, their
+    fine one with the ``fine_*_deforming`` settings and their neighbours' data (``fine_neighbours``).
     """
     n, _, h, w = field.shape
     work = work_size((h, w), settings.max_px)
-    coarse, fine_grid = grid_size((h, w), settings.grid), grid_size((h, w), settings.fine_grid)
+    coarse = grid_size((h, w), settings.grid)
     to_work = _to_size((h, w), work, field.device)
     chunks = _chunks(n, work, field.device)
     total = len(chunks) * (settings.steps + settings.fine_steps)
+    deforming = None if deforming is None else deforming.to(field.device)
+    # A deforming pair's fine residual reads pairs t-1 and t+1 through their coarse residuals: every
+    # pair's coarse residual comes first, then the fine passes (:func:`_fine_pass_with_neighbours`).
+    joint = settings.fine_steps > 0 and settings.fine_neighbours > 0 and n > 1 and deforming is not None \
+        and bool(deforming.any())
+    deltas = torch.zeros(n, 2, *coarse, device=field.device) if joint else None  # the coarse residuals, kept
     done = 0
     for part in chunks:
-        with torch.no_grad():
-            mov = resize_image(moving[part].float(), work)
-            fix = resize_image(fixed[part].float(), work)
-            wts = None if mask is None else (resize_image(mask[part].float(), work) > 0.5).float()
-            base = resize_field(field[part].float(), work)
-        end = done + settings.steps + settings.fine_steps  # the chunk's last step, reported with its loss
-        weight = _pair_weights(settings, None if deforming is None else deforming[part], base.device)
+        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, part, work)
+        end = done + settings.steps + (0 if joint else settings.fine_steps)  # reported with its loss
+        weight = _pair_weights(settings.smoothness, settings.smoothness_deforming, deforming, part)
         fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, weight, settings.steps, settings, check)
         delta, loss, done = yield from _report_steps(fit, done, total, end)
-        fine = None
-        if settings.fine_steps:
-            with torch.no_grad():
-                start = base + F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-            fit = _fit_residual(start, mov, fix, wts, (h, w), work, fine_grid, settings.fine_smoothness,
-                                settings.fine_steps, settings, check)
-            fine_delta, _, done = yield from _report_steps(fit, done, total, end)
-            fine = _kept_where_it_helps(fine_delta, start, mov, fix, (h, w), work, settings)
-        with torch.no_grad():  # the chunk is finished: its residual joins the field (a host read, once per chunk)
-            field[part] += F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
-            if fine is not None:  # full px on the work grid
-                field[part] += F.interpolate(fine, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+        if joint:
+            deltas[part] = delta
+        else:
+            fine = None
+            if settings.fine_steps:
+                with torch.no_grad():
+                    start = base + F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
+                fine, _, done = yield from _fine_pass(start, mov, fix, wts, (h, w), work, settings, check, deforming,
+                                                      part, slice(0, part.stop - part.start), done, total, end)
+            _add_residuals(field, part, delta, fine)
         yield done, total, float(loss.detach())
+    if joint:
+        yield from _fine_pass_with_neighbours(field, moving, fixed, mask, settings, check, deforming, deltas, chunks,
+                                              done, total)
+
+
+def _fine_pass_with_neighbours(field, moving, fixed, mask, settings: RefineSettings, check, deforming, deltas,
+                               chunks: list[slice], done: int, total: int):
+    """The fine passes, once every pair's coarse residual is in ``deltas``: each chunk reads one pair
+    more on either side, and its result joins the field only after the next chunk has read the
+    (unchanged) pair beside it, so a pair's result does not depend on the chunks."""
+    n, _, h, w = field.shape
+    work = work_size((h, w), settings.max_px)
+    to_work = _to_size((h, w), work, field.device)
+    pending = None
+    for part in chunks:
+        ext = slice(max(0, part.start - 1), min(n, part.stop + 1))
+        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, ext, work)
+        with torch.no_grad():
+            start = base + F.interpolate(deltas[ext], size=work, mode="bilinear", align_corners=True) * to_work
+        own = slice(part.start - ext.start, part.stop - ext.start)
+        end = done + settings.fine_steps
+        fine, loss, done = yield from _fine_pass(start, mov, fix, wts, (h, w), work, settings, check, deforming, part,
+                                                 own, done, total, end)
+        if pending is not None:
+            _add_residuals(field, *pending)
+        pending = (part, deltas[part], fine)
+        yield done, total, float(loss.detach())
+    _add_residuals(field, *pending)
+
+
+def _fine_pass(start, mov, fix, wts, full, work, settings: RefineSettings, check, deforming, part: slice, own: slice,
+               done: int, total: int, end: int):
+    """The gated fine residual (work grid, full px) of pairs ``part`` (``own`` of those given, the others their
+    neighbours), driven through :func:`_report_steps`. Returns (residual, last loss, steps done)."""
+    smoothness = _pair_weights(settings.fine_smoothness, settings.fine_smoothness_deforming, deforming, part)
+    gain = _pair_weights(settings.fine_gain, settings.fine_gain_deforming, deforming, part)
+    neighbours = 0.0
+    if deforming is not None and settings.fine_neighbours > 0 and bool(deforming[part].any()):
+        neighbours = deforming[part].float() * settings.fine_neighbours
+    fit = _fit_residual(start, mov, fix, wts, full, work, grid_size(full, settings.fine_grid), smoothness,
+                        settings.fine_steps, settings, check, own=own, neighbours=neighbours)
+    delta, loss, done = yield from _report_steps(fit, done, total, end)
+    gain = gain.view(-1, 1, 1, 1) if isinstance(gain, torch.Tensor) else gain
+    return _kept_where_it_helps(delta, start[own], mov[own], fix[own], full, work, settings, gain), loss, done
+
+
+@torch.no_grad()
+def _work_inputs(field, moving, fixed, mask, pairs: slice, work: tuple[int, int]):
+    """Frames t and t+1, the loss weights (or None) and the field of ``pairs``, at the working size."""
+    mov = resize_image(moving[pairs].float(), work)
+    fix = resize_image(fixed[pairs].float(), work)
+    wts = None if mask is None else (resize_image(mask[pairs].float(), work) > 0.5).float()
+    return mov, fix, wts, resize_field(field[pairs].float(), work)
+
+
+@torch.no_grad()
+def _add_residuals(field, part: slice, delta, fine) -> None:
+    """A chunk is finished: its coarse residual (grid, full px) and gated fine one (work grid, full px)
+    join the field (a host read, once per chunk)."""
+    h, w = field.shape[-2:]
+    field[part] += F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
+    if fine is not None:
+        field[part] += F.interpolate(fine, size=(h, w), mode="bilinear", align_corners=True).to(field.dtype)
 
 
 def _to_size(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tensor:
@@ -172,36 +250,56 @@ def _to_size(full: tuple[int, int], size: tuple[int, int], device) -> torch.Tens
                         device=device).view(1, 2, 1, 1)
 
 
-def _pair_weights(settings: RefineSettings, deforming: torch.Tensor | None, device):
-    """The coarse residual's bending weight: one number, or (N,) where some pairs deform."""
-    if deforming is None or settings.smoothness_deforming == settings.smoothness:
-        return settings.smoothness
-    return torch.where(deforming.to(device), settings.smoothness_deforming, settings.smoothness).float()
+def _pair_weights(value: float, deforming_value: float, deforming: torch.Tensor | None, part: slice):
+    """A setting for the pairs ``part``: ``value``, or (M,) with ``deforming_value`` for the deforming pairs."""
+    if deforming is None or deforming_value == value:
+        return value
+    return torch.where(deforming[part], deforming_value, value).float()
 
 
-def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int, settings: RefineSettings, check):
+def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int, settings: RefineSettings, check,
+                  own: slice | None = None, neighbours: float | torch.Tensor = 0.0):
     """Adam on a residual on ``grid`` added to ``base`` (a field in work-grid px): the masked local
     NCC of frame t resampled through it, plus ``smoothness`` x the grid's bending energy. Yields
-    each step's loss (a tensor, the chunk's mean per pair); returns the residual (N, 2, *grid) in full-resolution px."""
+    each step's loss (a tensor, the chunk's mean per pair); returns the residual (N, 2, *grid) in full-resolution px.
+
+    ``own``: the pairs (of those given) that get a residual, the others being their neighbours; with
+    ``neighbours`` > 0 (one, or (M,) for the ``own`` pairs) pair t's residual is fitted to the mean
+    of its own data term and, weighted ``neighbours`` each, those of pairs t-1 and t+1 (each resampled
+    through its own ``base`` plus pair t's residual): the correction a slowly changing motion needs is
+    much the same in consecutive pairs, while their noise is not (twenty-fourth session).
+    """
+    own = slice(0, base.shape[0]) if own is None else own
+    m = own.stop - own.start
     to_work, to_grid = _to_size(full, work, base.device), _to_size(full, grid, base.device)
-    delta = torch.zeros(base.shape[0], 2, *grid, device=base.device, requires_grad=True)
+    delta = torch.zeros(m, 2, *grid, device=base.device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=settings.lr)
     with torch.no_grad():
         fix_means = fixed_means(fix, settings.radius)  # frame t+1 does not move: its window means, once
+    terms, norm = [(own, 1.0)], 1.0  # (whose data, its weight) for each own pair: its own alone
+    if isinstance(neighbours, torch.Tensor) or neighbours > 0:
+        index = torch.arange(own.start, own.stop, device=base.device)
+        valid = [((k >= 0) & (k < base.shape[0])).float() * neighbours for k in (index - 1, index + 1)]
+        terms += [(k.clamp(0, base.shape[0] - 1), v) for k, v in zip((index - 1, index + 1), valid)]
+        norm = 1.0 + sum(valid)
     for _ in range(steps):
         if check is not None:
             check()
         up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
-        cc = match_map(warp(mov, base + up, settings.mode), fix, settings.radius, fix_means)
+        data = 0.0
+        for k, v in terms:
+            cc = match_map(warp(mov[k], base[k] + up, settings.mode), fix[k], settings.radius,
+                           tuple((mb[k], mbb[k]) for mb, mbb in fix_means))
+            data = data + v * pair_masked_mean(cc, None if wts is None else wts[k])
         # Each pair's own loss, summed (not averaged) over the chunk: a pair's gradient, and so its
         # Adam steps (whose epsilon is not negligible against these small gradients), do not depend
         # on how many pairs share its chunk, i.e. on the device's pixel budget.
         bend = smoothness * bending_loss(delta * to_grid, per_pair=True)  # smoothness: one, or (N,)
-        loss = (-pair_masked_mean(cc, wts) + bend).sum()
+        loss = (-data / norm + bend).sum()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        yield loss.detach() / base.shape[0]  # reported per pair
+        yield loss.detach() / m  # reported per pair
     return delta.detach()
 
 
@@ -221,7 +319,7 @@ def _report_steps(fit, done: int, total: int, end: int):
 
 
 @torch.no_grad()
-def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSettings) -> torch.Tensor:
+def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSettings, gain) -> torch.Tensor:
     """The fine pass's residual ``delta`` (on the ``fine_grid``), kept only where it clearly raises the local match.
 
     The 1/8 grid cannot hold a fast vortex core or a sharp wall (benchmarks/README.md, twelfth
@@ -238,6 +336,6 @@ def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSet
     sigma = max(work) / max(delta.shape[-2:])  # one fine grid spacing, in work px
     before = gaussian_smooth(match_map(warp(mov, start, settings.mode), fix, settings.radius), sigma)
     after = gaussian_smooth(match_map(warp(mov, start + residual * to_work, settings.mode), fix, settings.radius), sigma)
-    need = settings.fine_gain * (1.0 - before).clamp_min(1e-3)
+    need = gain * (1.0 - before).clamp_min(1e-3)
     keep = gaussian_smooth(((after - before - need) / need).clamp(0.0, 1.0), sigma)
     return residual * keep
