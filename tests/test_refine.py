@@ -340,7 +340,7 @@ def test_a_deforming_pairs_fine_residual_reads_its_neighbours_data_and_gets_clos
 def test_the_fine_settings_for_deforming_pairs_apply_to_them_alone_and_come_from_the_config():
     # Without flags (no guard) every pair gets the rigid pairs' fine pass, neighbours unread; a flagged
     # pair gets the softer, more easily kept residual.
-    moving, fixed, truth, core = noisy_swirl_pairs(n=2)
+    moving, fixed, truth, _ = noisy_swirl_pairs(n=2)
     stage = settings(steps=1, smoothness=1e5, radius=(2, 4), mode="bicubic", fine_steps=30, fine_smoothness=1e4,
                      fine_gain=0.5, fine_smoothness_deforming=20.0, fine_gain_deforming=0.03, fine_neighbours=1.0)
 

@@ -276,21 +276,23 @@ def _fit_residual(base, mov, fix, wts, full, work, grid, smoothness, steps: int,
     optimiser = torch.optim.Adam([delta], lr=settings.lr)
     with torch.no_grad():
         fix_means = fixed_means(fix, settings.radius)  # frame t+1 does not move: its window means, once
-    terms, norm = [(own, 1.0)], 1.0  # (whose data, its weight) for each own pair: its own alone
+    whose, norm = [(own, 1.0)], 1.0  # (whose data, its weight) for each own pair: its own alone
     if isinstance(neighbours, torch.Tensor) or neighbours > 0:
         index = torch.arange(own.start, own.stop, device=base.device)
         valid = [((k >= 0) & (k < base.shape[0])).float() * neighbours for k in (index - 1, index + 1)]
-        terms += [(k.clamp(0, base.shape[0] - 1), v) for k, v in zip((index - 1, index + 1), valid)]
+        whose += [(k.clamp(0, base.shape[0] - 1), v) for k, v in zip((index - 1, index + 1), valid)]
         norm = 1.0 + sum(valid)
+    # each term's frames, field, weights and window means, gathered once (not at every step)
+    terms = [(mov[k], base[k], fix[k], None if wts is None else wts[k],
+              tuple((mb[k], mbb[k]) for mb, mbb in fix_means), v) for k, v in whose]
     for _ in range(steps):
         if check is not None:
             check()
         up = F.interpolate(delta, size=work, mode="bilinear", align_corners=True) * to_work
         data = 0.0
-        for k, v in terms:
-            cc = match_map(warp(mov[k], base[k] + up, settings.mode), fix[k], settings.radius,
-                           tuple((mb[k], mbb[k]) for mb, mbb in fix_means))
-            data = data + v * pair_masked_mean(cc, None if wts is None else wts[k])
+        for mov_k, base_k, fix_k, wts_k, means_k, v in terms:
+            cc = match_map(warp(mov_k, base_k + up, settings.mode), fix_k, settings.radius, means_k)
+            data = data + v * pair_masked_mean(cc, wts_k)
         # Each pair's own loss, summed (not averaged) over the chunk: a pair's gradient, and so its
         # Adam steps (whose epsilon is not negligible against these small gradients), do not depend
         # on how many pairs share its chunk, i.e. on the device's pixel budget.
@@ -327,7 +329,8 @@ def _kept_where_it_helps(delta, start, mov, fix, full, work, settings: RefineSet
     everywhere fits speckle noise where the field is already right. So the finer residual is
     fitted everywhere, then weighted, pixel by pixel, by how much it raised the local NCC (the
     loss's data term, both maps smoothed over one fine grid spacing): 0 where it removed less
-    than ``fine_gain`` of the dissimilarity left (1 - match), as fitting noise does, rising to 1
+    than ``gain`` (``fine_gain``, or one per pair, (M, 1, 1, 1)) of the dissimilarity left
+    (1 - match), as fitting noise does, rising to 1
     at twice that; the weight is smoothed too, so the field stays smooth. The guard's test
     (:func:`~.register._guard`), made local. Returns (N, 2, work h, work w) in full-resolution px.
     """
