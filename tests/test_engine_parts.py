@@ -902,6 +902,60 @@ def test_settling_pairs_in_turn_over_the_old_warp_equals_settling_all_at_once():
     warped = old_warped.clone()
     got_warped, got_match, got_worse = engine._settle_scale(new, old, warped, match, moving, fixed, mask, off)
     assert got_worse is None and got_match is match and torch.equal(got_warped, warp(moving, new))
+    # asked for, each chunk's change and match gain are recorded as the scale left them, before the
+    # guard puts the previous field back (the rejected pairs are the ones they are for)
+    new = old.clone()
+    new[:, 1] += torch.from_numpy(rng.choice([0.1, 0.002, -0.3], n).astype(np.float32)).view(n, 1, 1)
+    raw_new, changes = new.clone(), []
+    engine._settle_scale(new, old, old_warped.clone(), match, moving, fixed, mask, config, changes)
+    assert len(changes) > 1  # in chunks
+    cells = torch.cat([c for c, _ in changes])
+    gains = torch.cat([g for _, g in changes])
+    assert torch.allclose(cells, engine._cell_change(raw_new, old, mask))
+    raw_match = engine._match(warp(moving, raw_new), fixed, mask, 6)
+    assert torch.allclose(gains, (raw_match - match) / (1 - match))
+    assert bool((gains < config.guard_gain).any())  # some pair rejected, its gain kept all the same
+
+
+def swirl_change(size=64, seed=0, noise=0.0):
+    """(1, 2, size, size) a smooth swirl about the centre plus pixel noise: a scale's change to one pair."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) - size / 2
+    bump = np.exp(-(yy ** 2 + xx ** 2) / (2 * (size / 6) ** 2))
+    field = np.stack([-xx * bump, yy * bump]) * 0.05
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(field + noise * rng.standard_normal(field.shape).astype(np.float32))[None]
+
+
+def test_a_rejected_scale_that_moves_consecutive_pairs_alike_flags_them_and_speckle_fits_do_not():
+    # A slow vortex's turn is much the same from pair to pair, a fit to one pair's speckle is not:
+    # the flag takes pairs whose change (cell means) correlates with their neighbours' and whose match rose.
+    config = RegistrationConfig()
+    mask = torch.ones(1, 1, 64, 64)
+    zero = torch.zeros(1, 2, 64, 64)
+    turn = [engine._cell_change(swirl_change(seed=t, noise=0.05), zero, mask) for t in range(5)]
+    noise = [engine._cell_change(swirl_change(seed=t, noise=0.05) - swirl_change(), zero, mask) for t in range(5)]
+    gain = torch.full((1,), 0.03)
+    assert engine._coherent_changes([(c, gain) for c in turn], config).tolist() == [True] * 5
+    assert engine._coherent_changes([(c, gain) for c in noise], config).tolist() == [False] * 5
+    low = torch.full((1,), config.refine_coherence_gain / 2)
+    assert engine._coherent_changes([(c, low) for c in turn], config).tolist() == [False] * 5  # the match barely rose
+    # the chunks do not matter, and a lone pair has no neighbour to agree with
+    together = engine._coherent_changes([(torch.cat(turn[:3]), gain.repeat(3)), (torch.cat(turn[3:]), gain.repeat(2))],
+                                        config)
+    assert together.tolist() == [True] * 5
+    assert engine._coherent_changes([(turn[0], gain)], config).tolist() == [False]
+    # one pair of noise among turning ones is not flagged; its neighbours still agree with each other's
+    mixed = turn[:2] + [noise[2]] + turn[3:]
+    assert engine._coherent_changes([(c, gain) for c in mixed], config).tolist() == [True, True, False, True, True]
+    # the change is weighed by the mask: a difference outside it does not count
+    outside = mask.clone()
+    outside[..., :32] = 0
+    half = swirl_change()
+    half[..., :32] = 5.0
+    assert torch.allclose(engine._cell_change(half, zero, outside), engine._cell_change(swirl_change(), zero, outside))
+    for bad in ({"refine_coherence": 1.0}, {"refine_coherence": -0.1}, {"refine_coherence_gain": 1.0}):
+        with pytest.raises(ValueError, match="refine_coherence"):
+            RegistrationConfig(**bad)
 
 
 def test_the_affine_field_written_pair_by_pair_equals_all_pairs_at_once():
@@ -959,6 +1013,15 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     del saved["curl_weight"]
     old = RegistrationConfig.from_saved(saved)
     assert old.curl_weight == 1.0 and old.smoothness == RegistrationConfig().smoothness
+    # before the twenty-fourth session every pair's fine pass was alike; before the twenty-fifth no
+    # rejected scale flagged a pair
+    saved = RegistrationConfig(refine_fine_smoothness=80.0, refine_fine_gain=0.2).to_dict()
+    for name in ("refine_fine_neighbours", "refine_fine_smoothness_deforming", "refine_fine_gain_deforming",
+                 "refine_coherence", "refine_coherence_gain"):
+        del saved[name]
+    old = RegistrationConfig.from_saved(saved)
+    assert (old.refine_fine_neighbours, old.refine_coherence) == (0.0, 0.0)
+    assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 
 def test_the_default_full_scale_weight_keeps_the_u_net_from_fitting_decorrelated_speckle():

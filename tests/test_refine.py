@@ -279,11 +279,23 @@ def test_the_engine_flags_as_deforming_the_pairs_for_which_the_guard_kept_a_u_ne
     moving, fixed, _ = smooth_pair(64)
     frames = torch.cat([moving[0], fixed[0], moving[0], fixed[0]]).numpy()
     cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), min_scale_px=16, refine_steps=3,
-               refine_fine_steps=0)
+               refine_fine_steps=0, refine_coherence=0.0)
     list(register_iter(frames, config=RegistrationConfig(**cfg)))
     assert seen[-1].cpu().numpy().tolist() == [False, True, True]  # kept by the 1/1 scale, by the 1/2 scale
     list(register_iter(frames, config=RegistrationConfig(guard=False, **cfg)))
     assert seen[-1] is None  # no guard: every pair gets the one weight
+    # a pair a rejected scale moved as it moved its neighbours (register._coherent_changes) counts too
+    coherent, judged = iter([[False, False, False], [True, False, False]]), []
+
+    def scripted_coherence(changes, config):
+        judged.append(len(torch.cat([c for c, _ in changes])))
+        return torch.tensor(next(coherent))
+
+    monkeypatch.setattr(register_module, "_coherent_changes", scripted_coherence)
+    script = iter([[True, False, True], [True, True, False]])
+    list(register_iter(frames, config=RegistrationConfig(**{**cfg, "refine_coherence": 0.7})))
+    assert judged == [3, 3]  # every pair's change, at each scale
+    assert seen[-1].cpu().numpy().tolist() == [True, True, True]
 
 
 def noisy_swirl_pairs(n=5, size=96, noise=0.1, width=0.25, amp=4.0):

@@ -54,7 +54,8 @@ _TIPS = {
     "refine_grid": "Per-pair refinement: its grid as a share of the frame (smaller = smoother residual)",
     "refine_smoothness": "Per-pair refinement: weight of the residual's bending energy",
     "refine_smoothness_deforming": "Per-pair refinement: the bending weight for pairs whose motion is more than affine "
-                                   "(the guard kept a U-Net scale's field for them)",
+                                   "(the guard kept a U-Net scale's field for them, or a rejected scale moved them as "
+                                   "it moved their neighbours)",
     "refine_lr": "Per-pair refinement: Adam learning rate (px per step)",
     "refine_max_px": "Per-pair refinement: frames are refined at most this many px on the short side",
     "refine_radius": "Per-pair refinement: half-size (px) of its local-NCC window; several, comma-separated: "
@@ -70,6 +71,11 @@ _TIPS = {
     "refine_fine_gain_deforming": "Fine pass: the share to remove, for pairs whose motion is more than affine",
     "refine_fine_neighbours": "Fine pass, pairs whose motion is more than affine: weight of the pairs before and "
                               "after in each pair's fit (0 = its own frames only)",
+    "refine_coherence": "Per-pair refinement: a pair counts as more than affine too when a U-Net scale the guard "
+                        "rejected changed its field as it changed its neighbours' (correlation at least this; "
+                        "0 = off)",
+    "refine_coherence_gain": "Per-pair refinement: for that, the rejected scale must also have removed this share "
+                             "of the pair's dissimilarity (1 - match)",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",
@@ -89,6 +95,8 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_fine_smoothness_deforming": {"min": 0.0, "max": 1e6},
            "refine_fine_gain_deforming": {"min": 0.001, "max": 0.99, "step": 0.01},
            "refine_fine_neighbours": {"min": 0.0, "max": 1.0, "step": 0.1},
+           "refine_coherence": {"min": 0.0, "max": 0.99, "step": 0.05},
+           "refine_coherence_gain": {"min": 0.0, "max": 0.99, "step": 0.005},
            "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
            "consensus_max_px": {"min": 0.01, "max": 1000.0, "step": 0.1}}
 

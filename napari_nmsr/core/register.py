@@ -43,6 +43,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .consensus import ConsensusSettings, temporal_consensus
 from .convention import compose, resize_field, resize_image, warp
@@ -215,6 +216,13 @@ class RegistrationConfig:
     flexible residual, and the correction changes little from pair to pair
     (twenty-fourth session: tuning geo-mean 0.0803 -> 0.0785 px; held-out
     0.455 / 0.441 -> 0.441 / 0.434, vortex circulation error 42 / 39 -> 36 / 32 %).
+    ``refine_coherence``: a pair counts as deforming too when a U-Net scale the
+    guard rejected changed its field the way it changed pairs t-1 and t+1's
+    (correlation of the cell-averaged changes at least this; 0: off) and raised
+    its match by at least ``refine_coherence_gain`` of the dissimilarity left: a
+    slow vortex that covers a small share of the mask is rejected so, and turns
+    alike from pair to pair, where a fit to one pair's speckle does not
+    (:func:`_coherent_changes`; twenty-fifth session, benchmarks/README.md).
     ``consensus_*``: then the temporal consensus (:mod:`napari_nmsr.core.consensus`): each pair's
     field takes, pixel by pixel, the mean of its own and its two neighbours' fields where that
     lowers the local match by less than ``consensus_tolerance`` of the dissimilarity left (0: off)
@@ -275,6 +283,8 @@ class RegistrationConfig:
     refine_fine_smoothness_deforming: float = 20.0
     refine_fine_gain_deforming: float = 0.03
     refine_fine_neighbours: float = 1.0
+    refine_coherence: float = 0.7
+    refine_coherence_gain: float = 0.02
     consensus_tolerance: float = 0.03
     consensus_max_px: float = 1.0
 
@@ -322,6 +332,8 @@ class RegistrationConfig:
                 or not 0.0 <= float(self.refine_fine_neighbours) <= 1.0:
             raise ValueError("refine_fine_smoothness_deforming must be >= 0, refine_fine_gain_deforming in (0, 1) "
                              "and refine_fine_neighbours in [0, 1]")
+        if not 0.0 <= float(self.refine_coherence) < 1.0 or not 0.0 <= float(self.refine_coherence_gain) < 1.0:
+            raise ValueError("refine_coherence must be in [0, 1) (0: off) and refine_coherence_gain in [0, 1)")
         if not 0.0 <= float(self.consensus_tolerance) < 1.0 or not float(self.consensus_max_px) > 0.0:
             raise ValueError("consensus_tolerance must be in [0, 1) (0: no temporal consensus) and consensus_max_px > 0")
         if self.refine_interpolation not in INTERPOLATIONS:
@@ -379,10 +391,17 @@ class RegistrationConfig:
         """The config a result file was made with (``to_dict()``'s output). A field added since
         takes the value that reproduces the older engine: a file without ``curl_weight`` was
         made with the bending energy at every scale (before the eighteenth session), one without
-        ``consensus_tolerance`` without the temporal consensus (before the twenty-second)."""
+        ``consensus_tolerance`` without the temporal consensus (before the twenty-second), one
+        without ``refine_fine_neighbours`` with every pair's fine pass alike (before the
+        twenty-fourth), one without ``refine_coherence`` without that flag (before the twenty-fifth)."""
         values = dict(saved)
         values.setdefault("curl_weight", 1.0)
         values.setdefault("consensus_tolerance", 0.0)
+        if "refine_fine_neighbours" not in values:
+            values["refine_fine_neighbours"] = 0.0
+            values.setdefault("refine_fine_smoothness_deforming", values.get("refine_fine_smoothness", 100.0))
+            values.setdefault("refine_fine_gain_deforming", values.get("refine_fine_gain", 0.1))
+        values.setdefault("refine_coherence", 0.0)
         return cls(**values)
 
 
@@ -638,10 +657,12 @@ def register_iter(
                                         out=stored if stored is not None and stored.dtype == torch.float32 else None,
                                         chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
             del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
+            changes = [] if config.guard and config.refine_coherence > 0 and n_pairs > 1 else None
             warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
-                                                      mask_full, config)
-            if worse is not None:  # pairs for which the guard kept some U-Net scale's field
-                deforming = ~worse if deforming is None else deforming | ~worse
+                                                      mask_full, config, changes)
+            if worse is not None:  # pairs for which the guard kept some U-Net scale's field, or which it moved coherently
+                moved = ~worse if not changes else ~worse | _coherent_changes(changes, config)
+                deforming = moved if deforming is None else deforming | moved
             rejected = worse
             field_full = new_field
             del new_field
@@ -1033,11 +1054,13 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def _settle_scale(new_field, old_field, warped, match, moving, fixed, mask, config):
+def _settle_scale(new_field, old_field, warped, match, moving, fixed, mask, config, changes: list | None = None):
     """Warp every pair by a scale's composed field (that warp serves the guard, the metrics and the
     next scale's input), written over the previous warp ``warped`` a few pairs at a time, and let
     the guard keep, in place, the previous field and warp of the pairs the scale made worse.
-    Returns (warped, each pair's match or None, kept pairs or None).
+    Returns (warped, each pair's match or None, kept pairs or None). ``changes`` (with the guard):
+    a list to which each chunk's (:func:`_cell_change`, relative match gain) is appended, taken
+    before the guard keeps the previous field (for :func:`_coherent_changes`).
 
     Pairs are independent, so settling them in turn gives what settling all at once gave, without
     a second full warp of the sequence beside the first (141 MB at 45x768x1024).
@@ -1048,15 +1071,62 @@ def _settle_scale(new_field, old_field, warped, match, moving, fixed, mask, conf
         p = slice(i, i + chunk)
         new_warped = warp(moving[p], new_field[p])
         if config.guard:
-            m, worse = _guard(new_field[p], new_warped, old_field[p], warped[p], match[p], fixed[p],
-                              None if mask is None else mask[p], config.ncc_radius, config.guard_gain,
-                              config.min_scale_px)
+            weight = None if mask is None else mask[p]
+            new_match = _match(new_warped, fixed[p], weight, config.ncc_radius)
+            if changes is not None:
+                changes.append((_cell_change(new_field[p], old_field[p], weight),
+                                (new_match - match[p]) / (1.0 - match[p]).clamp_min(1e-6)))
+            m, worse = _guard(new_field[p], new_warped, old_field[p], warped[p], match[p], fixed[p], weight,
+                              config.ncc_radius, config.guard_gain, config.min_scale_px, new_match)
             matches.append(m)
             kept.append(worse)
         warped[p] = new_warped
     if not config.guard:
         return warped, match, None
     return warped, torch.cat(matches), torch.cat(kept)
+
+
+#: A scale's change to a pair's field is compared with its neighbours' on cells of this share of the
+#: frame's short side (4 px at 128 px): a slow vortex's turn spans several cells, a pixel's noise does not.
+COHERENCE_CELL = 1 / 32
+
+
+@torch.no_grad()
+def _cell_change(new_field, old_field, mask) -> torch.Tensor:
+    """(N, 2, h', w') the change ``new - old`` of each pair's field, weighted by the mask and
+    averaged over cells of :data:`COHERENCE_CELL` of the frame (a few kB a pair)."""
+    d = new_field - old_field.to(new_field.dtype)
+    if mask is not None:
+        d = d * mask
+    cell = max(1, round(min(d.shape[-2:]) * COHERENCE_CELL))
+    return F.avg_pool2d(d, cell, ceil_mode=True)
+
+
+def _coherent_changes(changes: list, config) -> torch.Tensor:
+    """(N,) bool: pairs a U-Net scale moved the way it moved their neighbours, and whose match it raised.
+
+    The guard rejects a scale whose whole-mask match gain is small; a slow vortex that covers a
+    small share of the mask is such a scale (twenty-third session), and so is a fine scale fitted to
+    decorrelated speckle. What tells them apart is time: the vortex turns much the same from one
+    pair to the next, so the scale changes consecutive pairs' fields alike (correlation 0.6-0.96 on
+    the slow tuning vortices at the 1/2 scale), while a fit to one pair's speckle is its own
+    (-0.3-0.5 on decorrelated speckle, about 0 on the real echo warps; twenty-fifth session). A pair
+    whose change correlates with the sum of pairs t-1 and t+1's changes by at least
+    ``refine_coherence``, and whose match the scale raised by at least ``refine_coherence_gain`` of
+    the dissimilarity left, counts as deforming for the refinement; its field stays the guard's.
+    The gain matters too: a scale's change is partly the shared network's own pattern, alike in
+    every pair (the coarse scales' correlate 0.97-1.0 while making the match worse), and at 1 % a
+    rigid probe pair passed and lost 13 %; the slow vortices' pairs gain 2.2-4.8 %.
+    """
+    cells = torch.cat([c for c, _ in changes])
+    gain = torch.cat([g for _, g in changes])
+    around = torch.zeros_like(cells)
+    around[1:] += cells[:-1]
+    around[:-1] += cells[1:]
+    dot = (cells * around).flatten(1).sum(1)
+    norm = (cells.square().flatten(1).sum(1) * around.square().flatten(1).sum(1)).sqrt()
+    corr = dot / norm.clamp_min(1e-12)
+    return (corr >= config.refine_coherence) & (gain >= config.refine_coherence_gain)
 
 
 @torch.no_grad()
@@ -1068,7 +1138,7 @@ def _report_scale(field, warped, fixed, score_mask, box: Box, out: np.ndarray):
 
 @torch.no_grad()
 def _guard(new_field, new_warped, old_field, old_warped, old_match, fixed, mask, radius, gain: float = 0.0,
-           min_px: int | None = None):
+           min_px: int | None = None, new_match: torch.Tensor | None = None):
     """Keep, in place, the previous field of each pair whose full-resolution match the scale did not
     clearly improve: by less than ``gain`` x (1 - previous match); 0: made it worse.
 
@@ -1084,9 +1154,10 @@ def _guard(new_field, new_warped, old_field, old_warped, old_match, fixed, mask,
     field on frames shrunk until the change is sub-pixel, at least ``min_px`` on the
     short side (None: larger changes are all kept).
     The same kind of test as the affine stage's (:func:`global_motion._better_than_identity`),
-    on the loss's own data term. Returns (each pair's match after the scale, (N,) bool kept).
+    on the loss's own data term. ``new_match``: the pairs' match through the new field, when the
+    caller has it already. Returns (each pair's match after the scale, (N,) bool kept).
     """
-    match = _match(new_warped, fixed, mask, radius)
+    match = _match(new_warped, fixed, mask, radius) if new_match is None else new_match
     worse = match < old_match + gain * (1.0 - old_match)
     if bool(worse.any()):  # of those, only sub-pixel changes are judged (a pair left alone is not rejected)
         idx = worse.nonzero()[:, 0]
