@@ -53,7 +53,7 @@ OWN_OPTIONS = {"variant": "--variant", "device": "--device", "steps": "--steps",
 
 def split_setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> (key, value): VALUE is a Python literal (``0``, ``0.05``,
-    ``(50,50,400,400)``, ``False``, ``'bending'``), anything else a string.
+    ``(50,50,400,400)``, ``False`` or ``false``, ``'bending'``), anything else a string.
     ValueError when there is no ``=`` or no key."""
     import ast
 
@@ -61,6 +61,8 @@ def split_setting(text: str) -> tuple[str, object]:
     key, value = key.strip(), value.strip()
     if not sep or not key:
         raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    if value.lower() in ("true", "false"):  # as a shell user writes it; literal_eval knows True/False only
+        return key, value.lower() == "true"
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

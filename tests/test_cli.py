@@ -97,6 +97,7 @@ def test_set_reaches_the_engine_config_after_the_preset(sample, capsys):
     ("steps=5", "use --steps"),
     ("guard_gain", "expected KEY=VALUE"),
     ("guard_gain=1.5", "guard_gain must be in [0, 1)"),
+    ("guard=yes", "guard must be True or False"),
 ])
 def test_bad_set_is_one_line_and_writes_nothing(setting, needle, sample, capsys):
     # A bad KEY=VALUE is refused by the parser (SystemExit 2), a bad value by the config (status 2).

@@ -312,6 +312,11 @@ class RegistrationConfig:
         if int(self.min_scale_px) < MIN_SCALE_SIZE:
             raise ValueError(f"min_scale_px must be at least {MIN_SCALE_SIZE}, got {self.min_scale_px}")
         self.min_scale_px = int(self.min_scale_px)
+        for name in ("affine", "crop", "crop_training", "guard"):  # "false" would be truthy
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+            setattr(self, name, bool(value))
         if self.amp is not None and not isinstance(self.amp, (bool, np.bool_)):
             raise ValueError(f"amp must be None (automatic), True or False, got {self.amp!r}")
         if self.amp is not None:
