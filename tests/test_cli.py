@@ -85,10 +85,12 @@ def test_one_frame_input_is_refused(tmp_path, capsys):
 def test_set_reaches_the_engine_config_after_the_preset(sample, capsys):
     out = sample / "res_set.npz"
     args = ["register", str(sample / "frames.npy"), "--out", str(out), *FAST,
-            "--set", "guard_gain=0", "--set", "smoothness=(50, 50)", "--set", "regulariser=diffusion"]
+            "--set", "guard_gain=0", "--set", "smoothness=(50, 50)", "--set", "regulariser=diffusion",
+            "--set", "guard_coherent=false"]  # as a shell user writes it: not the string "false" (truthy)
     assert main(args) == 0
     config = RegistrationResult.load(out).config
     assert config["guard_gain"] == 0 and tuple(config["smoothness"]) == (50.0, 50.0)
+    assert config["guard_coherent"] is False
     assert config["regulariser"] == "diffusion" and config["affine"] is True  # untouched fields keep the preset's
 
 

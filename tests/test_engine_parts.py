@@ -1014,13 +1014,16 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     old = RegistrationConfig.from_saved(saved)
     assert old.curl_weight == 1.0 and old.smoothness == RegistrationConfig().smoothness
     # before the twenty-fourth session every pair's fine pass was alike; before the twenty-fifth no
-    # rejected scale flagged a pair
+    # rejected scale flagged a pair; before the twenty-sixth a flagged pair kept none of its rejected change
     saved = RegistrationConfig(refine_fine_smoothness=80.0, refine_fine_gain=0.2).to_dict()
     for name in ("refine_fine_neighbours", "refine_fine_smoothness_deforming", "refine_fine_gain_deforming",
-                 "refine_coherence", "refine_coherence_gain"):
+                 "refine_coherence", "refine_coherence_gain", "guard_coherent"):
         del saved[name]
     old = RegistrationConfig.from_saved(saved)
-    assert (old.refine_fine_neighbours, old.refine_coherence) == (0.0, 0.0)
+    assert (old.refine_fine_neighbours, old.refine_coherence, old.guard_coherent) == (0.0, 0.0, False)
+    saved = RegistrationConfig().to_dict()
+    del saved["guard_coherent"]  # a twenty-fifth-session file
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(guard_coherent=False)
     assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 

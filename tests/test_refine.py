@@ -296,6 +296,65 @@ def test_the_engine_flags_as_deforming_the_pairs_for_which_the_guard_kept_a_u_ne
     list(register_iter(frames, config=RegistrationConfig(**{**cfg, "refine_coherence": 0.7})))
     assert judged == [3, 3]  # every pair's change, at each scale
     assert seen[-1].cpu().numpy().tolist() == [True, True, True]
+    # and, with guard_coherent, the flagged pairs the guard rejected try the change they share with
+    # their neighbours (register._keep_coherent_part); a pair that takes it no longer counts as kept back
+    tried = []
+
+    def take_all(field, warped, match, moving, fixed, mask, changes, pairs, config):
+        tried.append(pairs.cpu().numpy().tolist())
+        return pairs.clone()
+
+    monkeypatch.setattr(register_module, "_keep_coherent_part", take_all)
+    for guard_coherent in (True, False):
+        script = iter([[True, False, True], [True, True, False]])
+        coherent = iter([[True, True, False], [False, False, True]])
+        events = list(register_iter(frames, config=RegistrationConfig(**{**cfg, "refine_coherence": 0.7,
+                                                                         "guard_coherent": guard_coherent})))
+        kept = [e.kept_previous.tolist() for e in events if isinstance(e, ScaleDone)]
+        if guard_coherent:
+            assert tried == [[True, False, False]]  # flagged and rejected; at the 1/1 scale none is both
+            assert kept[0] == [False, False, True]
+        else:
+            assert tried == [[True, False, False]] and kept[0] == [True, False, True]  # not tried again
+
+
+def test_a_flagged_pair_keeps_the_part_of_a_rejected_change_that_its_neighbours_share():
+    # A slow vortex's rejected scale: each pair's change is the turn plus its own fit to speckle. The
+    # three pairs' cell means keep the turn and average the noise out; a change that matches worse is not kept.
+    import napari_nmsr.core.register as engine
+
+    n, size = 4, 64
+    moving, fixed, truth, _ = noisy_swirl_pairs(n=n, size=size)
+    turn = torch.from_numpy(truth).repeat(n, 1, 1, 1)
+    mask = torch.ones(n, 1, size, size)
+    mask[..., :8] = 0
+    rng = np.random.default_rng(1)
+    rejected = turn + 0.8 * torch.from_numpy(rng.standard_normal(turn.shape).astype(np.float32))
+    inside = mask[:, 0] > 0
+
+    def epe(field, t):
+        return float(torch.hypot(*(field[t] - turn[t]))[inside[t]].mean())
+
+    for change, wanted in ((rejected, [True, True, False, True]), (-rejected, [False] * n)):
+        field = torch.zeros(n, 2, size, size)
+        warped = warp(moving, field)
+        match = engine._match(warped, fixed, mask, 6)
+        before = (field.clone(), warped.clone(), match.clone())
+        changes = [(engine._cell_change(change[:2], field[:2], mask[:2]), torch.full((2,), 0.03)),
+                   (engine._cell_change(change[2:], field[2:], mask[2:]), torch.full((2,), 0.03))]
+        pairs = torch.tensor([True, True, False, True])  # pair 2: not flagged, or not rejected
+        taken = engine._keep_coherent_part(field, warped, match, moving, fixed, mask, changes, pairs,
+                                           RegistrationConfig())
+        assert taken.tolist() == wanted
+        for t in range(n):
+            if not wanted[t]:  # left exactly as the guard left it
+                assert all(torch.equal(now[t], then[t]) for now, then in zip((field, warped, match), before))
+                continue
+            assert epe(field, t) < 0.4 * epe(before[0], t)  # the turn is kept
+            assert epe(field, t) < 0.5 * epe(rejected, t)  # without the pair's noise
+            assert float(match[t]) > float(before[2][t])
+            assert torch.equal(warped[t], warp(moving[t : t + 1], field[t : t + 1])[0])
+            assert float(field[t, :, :, : 8 - 2].abs().max()) == 0.0  # nothing beyond a cell (2 px) off the mask
 
 
 def noisy_swirl_pairs(n=5, size=96, noise=0.1, width=0.25, amp=4.0):

@@ -76,6 +76,8 @@ _TIPS = {
                         "0 = off)",
     "refine_coherence_gain": "Per-pair refinement: for that, the rejected scale must also have removed this share "
                              "of the pair's dissimilarity (1 - match)",
+    "guard_coherent": "Guard: a pair a rejected scale moved as it moved its neighbours (see refine_coherence) keeps "
+                      "the part of that change the three pairs share, where it matches no worse",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",

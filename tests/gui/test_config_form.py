@@ -72,6 +72,12 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert widget.registration.config().consensus_tolerance == 0.0
     form["consensus_tolerance"].value = defaults.consensus_tolerance
     assert form["consensus_max_px"].value == defaults.consensus_max_px == 1.0
+    # a flagged pair keeps the change it shares with its neighbours: a check box, on by default
+    assert form["guard_coherent"].value is True and defaults.guard_coherent is True
+    assert "neighbours" in form["guard_coherent"].tooltip
+    form["guard_coherent"].value = False
+    assert widget.registration.config().guard_coherent is False
+    form["guard_coherent"].value = True
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
