@@ -391,6 +391,19 @@ def test_estimate_counts_the_full_resolution_work_that_closes_each_scale(monkeyp
     assert extra == pytest.approx([0.2, 0.2]), extra  # 0.1 s x 8 / 4 pairs = 0.2 s per scale
 
 
+def test_estimate_counts_the_settling_against_the_early_copy(monkeypatch):
+    # register._prefer_checkpoint runs once, over every pair, after the finest trained scale
+    frames = np.stack([speckle(48, seed=s) for s in range(9)])  # 8 pairs, 4 calibrated
+    cfg = dict(scales=(0.5, 1.0), steps=(4, 2), affine=False, refine_steps=0)
+    clock = FakeClock(monkeypatch)
+    base = estimate_seconds(frames, None, RegistrationConfig(**cfg)).stages_s
+    slow_down(monkeypatch, engine, "_prefer_checkpoint", 0.1, clock)
+    slowed = estimate_seconds(frames, None, RegistrationConfig(**cfg)).stages_s
+    assert [b - a for a, b in zip(base, slowed)] == pytest.approx([0.0, 0.0, 0.2])  # 0.1 s x 8 / 4 pairs, 1/1 scale
+    off = estimate_seconds(frames, None, RegistrationConfig(early_checkpoint=0.0, **cfg)).stages_s
+    assert off == pytest.approx(base)
+
+
 def test_estimate_counts_the_temporal_consensus(monkeypatch):
     from napari_nmsr.core import consensus
 
@@ -1044,8 +1057,11 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     old = RegistrationConfig.from_saved(saved)
     assert (old.refine_fine_neighbours, old.refine_coherence, old.guard_coherent) == (0.0, 0.0, False)
     saved = RegistrationConfig().to_dict()
-    del saved["guard_coherent"]  # a twenty-fifth-session file
-    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(guard_coherent=False)
+    del saved["guard_coherent"], saved["early_checkpoint"]  # a twenty-fifth-session file
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(guard_coherent=False, early_checkpoint=0.0)
+    saved = RegistrationConfig().to_dict()
+    del saved["early_checkpoint"]  # a twenty-sixth-session file: every pair took the finished network's field
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(early_checkpoint=0.0)
     assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 

@@ -357,6 +357,91 @@ def test_a_flagged_pair_keeps_the_part_of_a_rejected_change_that_its_neighbours_
             assert float(field[t, :, :, : 8 - 2].abs().max()) == 0.0  # nothing beyond a cell (2 px) off the mask
 
 
+def test_a_scale_keeps_its_early_copys_field_unless_the_later_steps_earn_their_change():
+    # register._prefer_checkpoint: the later steps' change to a pair must raise the match by the
+    # guard's share, or be the change they make to its neighbours too (a slow vortex turning further).
+    import napari_nmsr.core.register as engine
+
+    n, size = 4, 64
+    moving, fixed, truth, _ = noisy_swirl_pairs(n=n, size=size)
+    turn = torch.from_numpy(truth).repeat(n, 1, 1, 1)
+    rng = np.random.default_rng(2)
+    noise = gaussian_smooth(torch.from_numpy(rng.standard_normal(turn.shape).astype(np.float32)), 2.0)
+    noise = noise / noise.abs().mean() * 0.3  # each pair's own, sub-pixel
+
+    class Copy:  # the scale's data, whose residual for the early network is the early field (previous: zero)
+        def __init__(self, early):
+            self.early, self.moving = early, moving
+
+        def residual(self, net, batch, sigma=0.0, amp=None, pairs=slice(None)):
+            return self.early[pairs].clone()
+
+    def settle(early, late, coherence=0.7):
+        field = late.clone()
+        taken = engine._prefer_checkpoint(field, torch.zeros_like(turn), None, Copy(early), n, None, moving, fixed,
+                                          None, RegistrationConfig(refine_coherence=coherence))
+        return taken.tolist(), field
+
+    taken, field = settle(turn, turn + noise)  # the later steps fitted noise: the copy's field, exactly
+    assert taken == [True] * n and torch.allclose(field, turn, atol=1e-6)
+    # the later steps turned every pair 25 % further, alike: the match gains 1.6-2.7 % (under the
+    # guard's 5 %), kept because the neighbours moved so too; without that test the copy's field
+    taken, field = settle(0.8 * turn, turn)
+    assert taken == [False] * n and torch.equal(field, turn)
+    taken, field = settle(0.8 * turn, turn, coherence=0.0)
+    assert taken == [True] * n and torch.allclose(field, 0.8 * turn, atol=1e-6)
+    taken, field = settle(0 * turn, turn, coherence=0.0)  # a gain of 18-26 %: earned by the match alone
+    assert taken == [False] * n and torch.equal(field, turn)
+
+
+def test_the_finest_trained_scale_copies_its_network_and_its_field_is_settled_against_the_copy(monkeypatch):
+    import napari_nmsr.core.register as engine
+
+    cfg = dict(scales=(0.5, 1.0), steps=(10, 10), encoder=(8, 8), decoder=(8, 8), min_scale_px=16, refine_steps=0,
+               consensus_tolerance=0.0)
+    assert [engine.checkpoint_step(RegistrationConfig(**cfg), k) for k in (0, 1)] == [0, 3]
+    assert engine.checkpoint_step(RegistrationConfig(**{**cfg, "steps": (10, 0)}), 0) == 3  # the 1/1 scale skipped
+    assert engine.checkpoint_step(RegistrationConfig(**{**cfg, "guard": False}), 1) == 0
+    assert engine.checkpoint_step(RegistrationConfig(**{**cfg, "early_checkpoint": 0.0}), 1) == 0
+    with pytest.raises(ValueError, match="early_checkpoint"):
+        RegistrationConfig(early_checkpoint=1.0)
+    calls = []
+
+    def spy(field, previous, early_net, data, batch, amp, moving, fixed, mask, config):
+        calls.append((early_net, tuple(data.moving.shape[-2:])))
+        field[0] = 0.123  # what it leaves is the field the guard then judges against the scale before
+        return torch.zeros(field.shape[0], dtype=torch.bool)
+
+    monkeypatch.setattr(engine, "_prefer_checkpoint", spy)
+    moving, fixed, _ = smooth_pair(64)
+    frames = torch.cat([moving[0], fixed[0], moving[0]]).numpy()
+    trained = []
+    real_optimise = engine.optimise_scale
+
+    def record(net, *args, **kwargs):
+        trained.append(net)
+        yield from real_optimise(net, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "optimise_scale", record)
+    judged = []
+    real_settle = engine._settle_scale
+
+    def settle(new_field, *args, **kwargs):
+        judged.append(bool(torch.all(new_field[0] == 0.123)) and not bool(torch.all(new_field[1] == 0.123)))
+        return real_settle(new_field, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_settle_scale", settle)
+    list(register_iter(frames, config=RegistrationConfig(**cfg)))
+    assert len(calls) == 1 and calls[0][1] == (64, 64)  # once, at the 1/1 scale
+    early, final = calls[0][0], trained[-1]
+    assert early is not final and any(not torch.equal(a, b) for a, b in zip(early.parameters(), final.parameters()))
+    assert judged == [False, True]
+    for off in ({"early_checkpoint": 0.0}, {"guard": False}):
+        calls.clear()
+        list(register_iter(frames, config=RegistrationConfig(**{**cfg, **off})))
+        assert calls == []
+
+
 def noisy_swirl_pairs(n=5, size=96, noise=0.1, width=0.25, amp=4.0):
     """``n`` pairs of one slow swirl (peak 1.7 px, core radius ~24 px), each with its own speckle and
     noise in both frames: the pairs' data disagree only by their noise. Returns moving, fixed, truth, core."""

@@ -78,6 +78,9 @@ _TIPS = {
                              "of the pair's dissimilarity (1 - match)",
     "guard_coherent": "Guard: a pair a rejected scale moved as it moved its neighbours (see refine_coherence) keeps "
                       "the part of that change the three pairs share, where it matches no worse",
+    "early_checkpoint": "Guard: the finest U-Net scale that trains keeps a copy of its network at this share of "
+                        "its steps; a pair takes the copy's field unless the later steps clearly raise its match or "
+                        "change it as they change its neighbours (0 = off)",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",
@@ -98,6 +101,7 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_fine_gain_deforming": {"min": 0.001, "max": 0.99, "step": 0.01},
            "refine_fine_neighbours": {"min": 0.0, "max": 1.0, "step": 0.1},
            "refine_coherence": {"min": 0.0, "max": 0.99, "step": 0.05},
+           "early_checkpoint": {"min": 0.0, "max": 0.95, "step": 0.05},
            "refine_coherence_gain": {"min": 0.0, "max": 0.99, "step": 0.005},
            "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
            "consensus_max_px": {"min": 0.01, "max": 1000.0, "step": 0.1}}

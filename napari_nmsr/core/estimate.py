@@ -106,6 +106,9 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
+        if engine.checkpoint_step(config, k):
+            stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
+                * n_pairs / moving.shape[0]
     if config.refine_steps > 0:
         stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
     if config.consensus_tolerance > 0 and moving.shape[0] > 1:  # the last stage's row, as the run reports it
@@ -186,6 +189,18 @@ def _consensus_seconds(moving, fixed, config, device) -> float:
     field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
     t0 = time.perf_counter()
     temporal_consensus(field, moving, fixed, ConsensusSettings.from_config(config))
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _checkpoint_seconds(data, net, batch, amp, moving, fixed, mask_full, config, device) -> float:
+    """Seconds of :func:`register._prefer_checkpoint` for the calibration pairs, every pair judged
+    (the fields are equal, so none clears the gain): the copy's inference, warps and matches."""
+    from . import register as engine
+
+    field = torch.zeros((moving.shape[0], 2) + tuple(moving.shape[-2:]), device=device)
+    t0 = time.perf_counter()
+    engine._prefer_checkpoint(field.clone(), field, net, data, batch, amp, moving, fixed, mask_full, config)
     _sync(device)
     return time.perf_counter() - t0
 

@@ -35,6 +35,7 @@ a progress callback and a cancel request and returns a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -182,6 +183,12 @@ class RegistrationConfig:
     session: tuning geo-mean 0.921 -> 0.787 at 0.05). A change of a pixel or
     more that does not clear that bar is judged on frames shrunk until it is
     sub-pixel, and kept unless it matches worse there (:data:`GUARD_MAX_SHIFT`).
+    ``early_checkpoint``: with ``guard``, the finest U-Net scale that trains keeps a copy of its
+    network at this share of its steps, and a pair takes the copy's field unless the later steps
+    earn their change: by the guard's test against the copy's field, or by changing the pair as
+    they change its neighbours (``refine_coherence``). Its later steps fit each pair's speckle
+    (decorrelated speckle, a myocardium: EPE +20-40 % from step 30 to 100, twenty-seventh session)
+    while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
@@ -290,6 +297,7 @@ class RegistrationConfig:
     refine_coherence: float = 0.7
     refine_coherence_gain: float = 0.02
     guard_coherent: bool = True
+    early_checkpoint: float = 0.3
     consensus_tolerance: float = 0.03
     consensus_max_px: float = 1.0
 
@@ -351,6 +359,8 @@ class RegistrationConfig:
                              f"choose one of {', '.join(INTERPOLATIONS)}")
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
+        if not 0.0 <= float(self.early_checkpoint) < 1.0:
+            raise ValueError(f"early_checkpoint must be in [0, 1) (0: off), got {self.early_checkpoint}")
         if self.regulariser not in REGULARISERS:
             raise ValueError(f"unknown regulariser {self.regulariser!r}; choose one of {', '.join(REGULARISERS)}")
 
@@ -404,7 +414,9 @@ class RegistrationConfig:
         ``consensus_tolerance`` without the temporal consensus (before the twenty-second), one
         without ``refine_fine_neighbours`` with every pair's fine pass alike (before the
         twenty-fourth), one without ``refine_coherence`` without that flag (before the twenty-fifth), one
-        without ``guard_coherent`` without keeping a flagged pair's shared change (before the twenty-sixth)."""
+        without ``guard_coherent`` without keeping a flagged pair's shared change (before the twenty-sixth),
+        one without ``early_checkpoint`` with every pair's field from the finished network (before the
+        twenty-seventh)."""
         values = dict(saved)
         values.setdefault("curl_weight", 1.0)
         values.setdefault("consensus_tolerance", 0.0)
@@ -414,6 +426,7 @@ class RegistrationConfig:
             values.setdefault("refine_fine_gain_deforming", values.get("refine_fine_gain", 0.1))
         values.setdefault("refine_coherence", 0.0)
         values.setdefault("guard_coherent", False)
+        values.setdefault("early_checkpoint", 0.0)
         return cls(**values)
 
 
@@ -656,9 +669,12 @@ def register_iter(
             amp = amp_for(config, device, finest=k == len(scales) - 1)
             # A restarted output improves the loss slowly at first: no early stop before half the steps.
             warmup = n_steps // 2 if restart else None
+            checkpoint_at, early_net = checkpoint_step(config, k), None
             for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
                                                    warmup=warmup, smoothness=config.smoothness_for(k),
                                                    curl_weight=config.curl_weight_for(k)):
+                if step == checkpoint_at:
+                    early_net = copy.deepcopy(net)
                 done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
                 yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started,
                                min(1.0, done))
@@ -668,7 +684,10 @@ def register_iter(
             new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
                                         out=stored if stored is not None and stored.dtype == torch.float32 else None,
                                         chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
-            del data  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
+            if early_net is not None and step > checkpoint_at:
+                _prefer_checkpoint(new_field, field_full, early_net, data, batch, amp, moving_full, fixed_full,
+                                   mask_full, config)
+            del data, early_net  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
             changes = [] if config.guard and config.refine_coherence > 0 and n_pairs > 1 else None
             warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                       mask_full, config, changes)
@@ -1140,13 +1159,72 @@ def _coherent_changes(changes: list, config) -> torch.Tensor:
     """
     cells = torch.cat([c for c, _ in changes])
     gain = torch.cat([g for _, g in changes])
+    return (_neighbour_correlation(cells) >= config.refine_coherence) & (gain >= config.refine_coherence_gain)
+
+
+def _neighbour_correlation(cells: torch.Tensor) -> torch.Tensor:
+    """(N,) correlation of each pair's cell change (:func:`_cell_change`) with the sum of pairs t-1
+    and t+1's: near 1 where a change is the sequence's motion, near 0 where it is one pair's speckle."""
     around = torch.zeros_like(cells)
     around[1:] += cells[:-1]
     around[:-1] += cells[1:]
     dot = (cells * around).flatten(1).sum(1)
     norm = (cells.square().flatten(1).sum(1) * around.square().flatten(1).sum(1)).sqrt()
-    corr = dot / norm.clamp_min(1e-12)
-    return (corr >= config.refine_coherence) & (gain >= config.refine_coherence_gain)
+    return dot / norm.clamp_min(1e-12)
+
+
+def checkpoint_step(config, k: int) -> int:
+    """The step of scale ``k`` after which its network is copied for :func:`_prefer_checkpoint`; 0: none.
+
+    Only the finest U-Net scale that trains (with the guard, whose test it uses): a coarse scale's
+    later steps are its capture of large motion, and the finest one's field is what the run keeps."""
+    trained = [i for i in range(len(config.effective_scales)) if config.steps_for(i) > 0]
+    if not config.guard or config.early_checkpoint <= 0 or not trained or k != trained[-1]:
+        return 0
+    return max(1, round(config.early_checkpoint * config.steps_for(k)))
+
+
+@torch.no_grad()
+def _prefer_checkpoint(field, previous, early_net, data, batch: int, amp, moving, fixed, mask, config) -> torch.Tensor:
+    """(N,) bool: pairs whose ``field`` (the finished scale's, composed on ``previous``) now holds, in
+    place, the field of ``early_net``, the scale's network at ``config.early_checkpoint`` of its steps.
+
+    A scale's later steps must earn their change to a pair, as the scale must earn its change over
+    the one before it (:func:`_guard`): raise the full-resolution match by ``guard_gain`` of the
+    dissimilarity left over the copy's field, or change the pair as they change pairs t-1 and t+1
+    (:func:`_neighbour_correlation` at least ``refine_coherence``, with some gain). On decorrelated
+    speckle and a myocardium the later steps raise the match by 1-3 % while the error grows by
+    20-40 %, each pair its own way (correlation -0.1-0.6); a slow vortex keeps turning alike in every
+    pair (0.64-0.99) and a fast one gains 7-14 % (twenty-seventh session, benchmarks/README.md).
+    """
+    size = tuple(field.shape[-2:])
+    chunk = _inference_pairs(tuple(data.moving.shape[-2:]), field.device)
+
+    def early_field(pairs: slice) -> torch.Tensor:
+        return compose(previous[pairs].float(), resize_field(data.residual(early_net, batch, config.field_sigma, amp, pairs), size))
+
+    cells, early_match, late_match = [], [], []
+    for i in range(0, field.shape[0], chunk):
+        p = slice(i, i + chunk)
+        weight = None if mask is None else mask[p]
+        early = early_field(p)
+        cells.append(_cell_change(field[p], early, weight))
+        early_match.append(_match(warp(moving[p], early), fixed[p], weight, config.ncc_radius))
+        late_match.append(_match(warp(moving[p], field[p].float()), fixed[p], weight, config.ncc_radius))
+    early_match, late_match = torch.cat(early_match), torch.cat(late_match)
+    gain = (late_match - early_match) / (1.0 - early_match).clamp_min(1e-6)
+    judged = gain < config.guard_gain
+    if config.refine_coherence > 0:
+        judged &= ~((_neighbour_correlation(torch.cat(cells)) >= config.refine_coherence) & (gain > 0))
+    taken = torch.zeros_like(judged)
+    for t in judged.nonzero()[:, 0].tolist():  # the guard's own test, pair by pair, against the copy's field
+        p = slice(t, t + 1)
+        weight = None if mask is None else mask[p]
+        early = early_field(p)
+        _, worse = _guard(field[p], warp(moving[p], field[p].float()), early, warp(moving[p], early), early_match[p],
+                          fixed[p], weight, config.ncc_radius, config.guard_gain, config.min_scale_px, late_match[p])
+        taken[t] = worse[0]
+    return taken
 
 
 @torch.no_grad()

@@ -78,6 +78,12 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["guard_coherent"].value = False
     assert widget.registration.config().guard_coherent is False
     form["guard_coherent"].value = True
+    # the early copy of the finest trained scale's network: a share of its steps, stopping below 1
+    assert form["early_checkpoint"].value == defaults.early_checkpoint == 0.3
+    assert form["early_checkpoint"].max < 1.0 and "copy" in form["early_checkpoint"].tooltip
+    form["early_checkpoint"].value = 0.0
+    assert widget.registration.config().early_checkpoint == 0.0
+    form["early_checkpoint"].value = defaults.early_checkpoint
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
