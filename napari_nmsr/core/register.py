@@ -187,8 +187,8 @@ class RegistrationConfig:
     network at this share of its steps, and a pair takes the copy's field unless the later steps
     earn their change: by the guard's test against the copy's field, or by changing the pair as
     they change its neighbours (``refine_coherence``). Its later steps fit each pair's speckle
-    (decorrelated speckle, a myocardium: EPE +20-40 % from step 30 to 100, twenty-seventh session)
-    while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
+    (a tuning case of decorrelated speckle: final EPE +44 % from 30 steps to 100, twenty-seventh
+    session) while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
@@ -687,7 +687,7 @@ def register_iter(
             if early_net is not None and step > checkpoint_at:
                 _prefer_checkpoint(new_field, field_full, early_net, data, batch, amp, moving_full, fixed_full,
                                    mask_full, config)
-            del data, early_net  # its frames (the previous warp; at the 1/1 scale a copy of the mask) are not needed again
+            del data, early_net  # its frames (the previous warp; at 1/1 a copy of the mask) and the copy
             changes = [] if config.guard and config.refine_coherence > 0 and n_pairs > 1 else None
             warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
                                                       mask_full, config, changes)
@@ -1193,9 +1193,10 @@ def _prefer_checkpoint(field, previous, early_net, data, batch: int, amp, moving
     the one before it (:func:`_guard`): raise the full-resolution match by ``guard_gain`` of the
     dissimilarity left over the copy's field, or change the pair as they change pairs t-1 and t+1
     (:func:`_neighbour_correlation` at least ``refine_coherence``, with some gain). On decorrelated
-    speckle and a myocardium the later steps raise the match by 1-3 % while the error grows by
-    20-40 %, each pair its own way (correlation -0.1-0.6); a slow vortex keeps turning alike in every
-    pair (0.64-0.99) and a fast one gains 7-14 % (twenty-seventh session, benchmarks/README.md).
+    speckle, a myocardium and real echo warps the later steps raise the match by 0-4 % of the
+    dissimilarity left while moving away from the truth, each pair its own way (correlation
+    -0.03-0.67); a slow vortex keeps turning alike in every pair (0.64-0.98) and a fast one gains
+    7-14 % (twenty-seventh session, benchmarks/README.md).
     """
     size = tuple(field.shape[-2:])
     chunk = _inference_pairs(tuple(data.moving.shape[-2:]), field.device)
