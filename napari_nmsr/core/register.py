@@ -90,7 +90,7 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
     "default": {"steps": (150, 100, 100, 0), "smoothness": (50.0, 50.0, 100.0, 200.0),
-                "curl_weight": (1.0, 1.0, 0.1, 1.0)},
+                "curl_weight": (1.0, 1.0, 0.0, 1.0)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
               "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0,
               "consensus_tolerance": 0.0},
@@ -161,7 +161,11 @@ class RegistrationConfig:
     50 held it back (benchmarks/README.md, eighteenth session: 40 tuning cases'
     geo-mean 0.509 -> 0.488, their vortices 0.869 -> 0.678; a plain bending
     weight of 10 there gained as much on the vortices and cost the walls and
-    decorrelated speckle). ``patience`` > 0
+    decorrelated speckle). Since the twenty-eighth session the 1/2 scale's rotation
+    weight is 0 (divergence 100 alone): at 10 it still shrank slow vortices in
+    small cores and held a fast one (0.66 rad/frame in a 12 px core) back entirely
+    (48 tuning cases: vortex family -20 %, circulation error 14.8 -> 7.2 %;
+    benchmarks/README.md, twenty-eighth session). ``patience`` > 0
     enables early stopping: a scale stops when its smoothed loss has not
     improved by ``min_delta`` (relative) for ``patience`` steps. It only
     fires on short sequences whose pairs all fit in one step (cines never);

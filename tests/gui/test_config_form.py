@@ -35,13 +35,13 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
         widget.registration.config()
     form["smoothness"].value = "3.5"
     # the rotation's share of the bending weight, one per scale (the 1/2 scale lets vortex cores turn)
-    assert form["curl_weight"].value.replace(" ", "") == "1,1,0.1,1"
+    assert form["curl_weight"].value.replace(" ", "") == "1,1,0,1"
     form["curl_weight"].value = "1, 0.5, 0.2, 1"
     assert widget.registration.config().curl_weight_for(1) == 0.5
     form["curl_weight"].value = "-1"
     with pytest.raises(ValueError, match="curl"):
         widget.registration.config()
-    form["curl_weight"].value = "1, 1, 0.1, 1"
+    form["curl_weight"].value = "1, 1, 0, 1"
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
