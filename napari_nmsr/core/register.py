@@ -164,7 +164,7 @@ class RegistrationConfig:
     decorrelated speckle). Since the twenty-eighth session the 1/2 scale's rotation
     weight is 0 (divergence 100 alone): at 10 it still shrank slow vortices in
     small cores and held a fast one (0.66 rad/frame in a 12 px core) back entirely
-    (48 tuning cases: vortex family -20 %, circulation error 14.8 -> 7.2 %;
+    (48 tuning cases: vortex family -20 %, circulation error 14.9 -> 7.9 %;
     benchmarks/README.md, twenty-eighth session). ``patience`` > 0
     enables early stopping: a scale stops when its smoothed loss has not
     improved by ``min_delta`` (relative) for ``patience`` steps. It only
