@@ -61,6 +61,9 @@ def test_divcurl_energy_is_zero_for_affine_fields_and_its_curl_weight_charges_ro
     assert divcurl_loss(swirl, 0.1).item() == pytest.approx(0.1 * divcurl_loss(swirl, 1.0).item(), rel=1e-3)
     assert divcurl_loss(source, 0.1).item() == pytest.approx(divcurl_loss(source, 1.0).item(), rel=1e-3)
     assert divcurl_loss(swirl, 1.0).item() > 1e-4
+    # at weight 0 (the default's 1/2 scale) a vortex is free and a source costs what it always does
+    assert divcurl_loss(swirl, 0.0).item() < 1e-3 * divcurl_loss(swirl, 1.0).item()
+    assert divcurl_loss(source, 0.0).item() == pytest.approx(divcurl_loss(source, 1.0).item(), rel=1e-3)
     # at weight 1 it is about the bending energy (equal for smooth fields up to the boundary)
     for field in (swirl, source):
         assert divcurl_loss(field, 1.0).item() == pytest.approx(bending_loss(field).item(), rel=0.1)

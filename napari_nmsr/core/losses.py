@@ -214,7 +214,10 @@ def divcurl_loss(field: torch.Tensor, curl_weight: float = 1.0) -> torch.Tensor:
     dy_dx = across_y(u0[:, :, 1:] - u0[:, :, :-1])
     dx_dy = across_x(u1[:, 1:, :] - u1[:, :-1, :])
     dx_dx = across_y(u1[:, :, 1:] - u1[:, :, :-1])
-    div, curl = dy_dy + dx_dx, dx_dy - dy_dx  # (N, H-1, W-1): mean |grad q|^2 is smoothness_loss of q
+    div = dy_dy + dx_dx  # (N, H-1, W-1): mean |grad q|^2 is smoothness_loss of q
+    if curl_weight == 0:  # the default at the 1/2 scale: no curl term to build at every step
+        return 0.5 * smoothness_loss(div[:, None])
+    curl = dx_dy - dy_dx
     return 0.5 * (smoothness_loss(div[:, None]) + curl_weight * smoothness_loss(curl[:, None]))
 
 

@@ -154,8 +154,8 @@ class RegistrationConfig:
     weight that the rotational part of the field's curvature gets: at 1 the
     regulariser is the bending energy; below 1 it is the div-curl energy of
     fluid-flow estimation (:func:`~.losses.divcurl_loss`), so a vortex core can
-    turn while contraction and speckle noise stay as constrained. The default
-    gives the 1/2 scale divergence weight 100 and rotation weight 10: a fast
+    turn while contraction and speckle noise stay as constrained. The eighteenth
+    session gave the 1/2 scale divergence weight 100 and rotation weight 10: a fast
     vortex in a 7-20 px core is captured at that scale or not at all (the
     coarser grids cannot hold it, the refinement's grid neither), and bending
     50 held it back (benchmarks/README.md, eighteenth session: 40 tuning cases'
