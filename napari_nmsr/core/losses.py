@@ -210,15 +210,12 @@ def divcurl_loss(field: torch.Tensor, curl_weight: float = 1.0) -> torch.Tensor:
     def across_y(d):
         return 0.5 * (d[:, 1:, :] + d[:, :-1, :])
 
-    dy_dy = across_x(u0[:, 1:, :] - u0[:, :-1, :])
-    dy_dx = across_y(u0[:, :, 1:] - u0[:, :, :-1])
-    dx_dy = across_x(u1[:, 1:, :] - u1[:, :-1, :])
-    dx_dx = across_y(u1[:, :, 1:] - u1[:, :, :-1])
-    div = dy_dy + dx_dx  # (N, H-1, W-1): mean |grad q|^2 is smoothness_loss of q
-    if curl_weight == 0:  # the default at the 1/2 scale: no curl term to build at every step
-        return 0.5 * smoothness_loss(div[:, None])
-    curl = dx_dy - dy_dx
-    return 0.5 * (smoothness_loss(div[:, None]) + curl_weight * smoothness_loss(curl[:, None]))
+    div = across_x(u0[:, 1:, :] - u0[:, :-1, :]) + across_y(u1[:, :, 1:] - u1[:, :, :-1])  # (N, H-1, W-1)
+    energy = smoothness_loss(div[:, None])  # mean |grad q|^2 is smoothness_loss of q
+    if curl_weight != 0:  # at 0 (the default's 1/2 scale) the curl's differences are not built at every step
+        curl = across_x(u1[:, 1:, :] - u1[:, :-1, :]) - across_y(u0[:, :, 1:] - u0[:, :, :-1])
+        energy = energy + curl_weight * smoothness_loss(curl[:, None])
+    return 0.5 * energy
 
 
 def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
