@@ -156,7 +156,7 @@ def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none(monkey
 
     monkeypatch.setattr(engine, "temporal_consensus", spy)
     result = register(frames, config=RegistrationConfig(**cfg))
-    assert len(calls) == 1 and calls[0][1] == ConsensusSettings(0.03, 1.0, (2, 4), "bicubic", 256)
+    assert len(calls) == 1 and calls[0][1] == ConsensusSettings(0.1, 1.0, (2, 4), "bicubic", 256)
     before = calls[0][0].numpy()
     assert before.shape == (4, 2, 64, 64)
     np.testing.assert_allclose(result.fields[-1], before + 0.25, atol=1e-6)  # after the refinement, last

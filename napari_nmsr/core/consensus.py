@@ -25,6 +25,7 @@ takes it pixel by pixel only where
 
 Twenty-second session (benchmarks/README.md): the 48 tuning cases' geo-mean 0.520 -> 0.497
 (myocardium, decorrelated speckle, the disk gain; probe motion and the real warps unchanged).
+Thirtieth session: the default tolerance 0.03 -> 0.1 (``RegistrationConfig.consensus_tolerance``).
 
 Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx)); fields of pair t
 live on frame t+1's grid, and a neighbour's field is read on the same pixel (its motion is

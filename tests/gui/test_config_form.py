@@ -66,7 +66,7 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert widget.registration.config().refine_smoothness_deforming == 40.0
     form["refine_smoothness_deforming"].value = defaults.refine_smoothness_deforming
     # the temporal consensus: on by default, off at 0, its spin box stops below 1 as the config does
-    assert form["consensus_tolerance"].value == defaults.consensus_tolerance == 0.03
+    assert form["consensus_tolerance"].value == defaults.consensus_tolerance == 0.1
     assert form["consensus_tolerance"].max == 0.99 and "consensus" in form["consensus_tolerance"].tooltip.lower()
     form["consensus_tolerance"].value = 0.0
     assert widget.registration.config().consensus_tolerance == 0.0
