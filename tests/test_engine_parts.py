@@ -564,13 +564,9 @@ def test_threads_policy(monkeypatch):
     passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice wins
     assert default_threads(for_gui=True) == max(1, default_threads() - 1)
-    before = torch.get_num_threads()
-    try:
-        assert use_threads(1) == 1 and torch.get_num_threads() == 1
-        with pytest.raises(ValueError):
-            use_threads(0)
-    finally:
-        torch.set_num_threads(before)
+    assert use_threads(1) == 1 and torch.get_num_threads() == 1  # tests/conftest.py restores the count
+    with pytest.raises(ValueError):
+        use_threads(0)
 
 
 def test_default_threads_leave_the_cores_other_processes_hold(monkeypatch):
@@ -607,25 +603,21 @@ def test_rebalance_follows_the_load_only_with_automatic_threads(monkeypatch):
         clock["own"] += seconds * own_cores
         clock["busy"] += round(100 * seconds * (own_cores + other_cores))
 
-    before = torch.get_num_threads()
-    try:
-        assert threads.use_threads(None) == 4
-        assert threads.rebalance() is None  # first look: a reference point
-        advance(2.5, own_cores=4, other_cores=0)
-        assert threads.rebalance() is None and torch.get_num_threads() == 4  # nothing else running
-        advance(2.5, own_cores=2.6, other_cores=1.0)  # another process takes a core
-        assert threads.rebalance() == 3 and torch.get_num_threads() == 3
-        advance(0.5, own_cores=3, other_cores=1.0)
-        assert threads.rebalance() is None  # not due yet
-        advance(2.5, own_cores=3, other_cores=0.0)  # it ended
-        assert threads.rebalance() == 4
-        advance(2.5, own_cores=0.2, other_cores=4.0)  # everything busy: never below one thread
-        assert threads.rebalance() == 1
-        threads.use_threads(2)  # a given count is kept
-        advance(2.5, own_cores=2, other_cores=0.0)
-        assert threads.rebalance() is None and torch.get_num_threads() == 2
-    finally:
-        threads.use_threads(before)
+    assert threads.use_threads(None) == 4  # tests/conftest.py restores the count and the mode
+    assert threads.rebalance() is None  # first look: a reference point
+    advance(2.5, own_cores=4, other_cores=0)
+    assert threads.rebalance() is None and torch.get_num_threads() == 4  # nothing else running
+    advance(2.5, own_cores=2.6, other_cores=1.0)  # another process takes a core
+    assert threads.rebalance() == 3 and torch.get_num_threads() == 3
+    advance(0.5, own_cores=3, other_cores=1.0)
+    assert threads.rebalance() is None  # not due yet
+    advance(2.5, own_cores=3, other_cores=0.0)  # it ended
+    assert threads.rebalance() == 4
+    advance(2.5, own_cores=0.2, other_cores=4.0)  # everything busy: never below one thread
+    assert threads.rebalance() == 1
+    threads.use_threads(2)  # a given count is kept
+    advance(2.5, own_cores=2, other_cores=0.0)
+    assert threads.rebalance() is None and torch.get_num_threads() == 2
 
 
 def test_the_engine_rebalances_threads_between_cpu_steps(monkeypatch):
