@@ -16,6 +16,11 @@ ants: the one with the lowest family mean), and the worst family; for the
 disk family the error of the fitted rigid rotation (omega, %), for vortex
 cases the centre error (px) and the circulation error (%); s/pair.
 
+``--methods oracle`` adds, for vortex cases, the true field with each pair's vortex amplitude fitted
+to the frames (:mod:`amplitude_oracle`): its circulation error is what the frames alone leave when
+the vortex's shape and centre are known, a floor for any method that reads one pair at a time. It is
+not an anchor (never the "best anchor").
+
 The vortex centre is read two ways, the same for every method: the peak of
 the smoothed vorticity (:func:`~napari_nmsr.core.simulate.vortex_centre`,
 pixel-quantised, the suite's first measure), and the main vortex of
@@ -48,6 +53,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import baselines as bl  # noqa: E402
+from amplitude_oracle import ALPHAS, INNER, MATCHED, OUTER, amplitude_oracle  # noqa: E402
 from baselines import ANCHORS, BASELINES, BaselineUnavailable  # noqa: E402
 
 from napari_nmsr.core.analysis.pipeline import analyze_fields  # noqa: E402
@@ -63,7 +69,7 @@ from napari_nmsr.core.simulate import SimulatedSequence, vortex_centre  # noqa: 
 
 CACHE = HERE / "results" / "cache"
 DEFAULT_JSON = HERE / "results" / "suite.json"
-METHODS = ("nmsr", "farneback", "dis", "openpiv", "ants", "zero")
+METHODS = ("nmsr", "farneback", "dis", "openpiv", "ants", "zero", "oracle")
 
 
 # --------------------------------------------------------------------------- cases (cached)
@@ -149,7 +155,8 @@ def _core_centre(seq: SimulatedSequence, est: np.ndarray) -> dict:
 
 
 def _anchor_key(method: str) -> str:
-    settings = {"farneback": bl.FARNEBACK, "dis": bl.DIS, "openpiv": bl.OPENPIV, "ants": bl.ANTS}.get(method, {})
+    settings = {"farneback": bl.FARNEBACK, "dis": bl.DIS, "openpiv": bl.OPENPIV, "ants": bl.ANTS,
+                "oracle": _oracle_settings()}.get(method, {})
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -166,9 +173,11 @@ def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bo
         seq = load_case(family, seed, size)
     except RealDataUnavailable as exc:
         return {**row, "status": f"skipped: {exc}"}
+    if method == "oracle" and (seq.vortex_centres is None or "core_radius" not in (seq.truth or {})):
+        return {**row, "status": "skipped: no vortex in this case"}
     try:
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        est = BASELINES[method](seq.frames)
+        est = amplitude_oracle(seq) if method == "oracle" else BASELINES[method](seq.frames)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     except BaselineUnavailable as exc:
         return cached if cached is not None else {**row, "status": f"skipped: {exc}"}
@@ -180,6 +189,15 @@ def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bo
     tmp.write_text(json.dumps(row))
     os.replace(tmp, path)
     return row
+
+
+def _oracle_settings() -> dict:
+    """What the oracle's rows depend on (a change re-runs them): its amplitudes, regions and the match."""
+    from napari_nmsr.core.register import RegistrationConfig
+
+    config = RegistrationConfig()
+    return {"alphas": [float(a) for a in ALPHAS], "regions": [INNER, OUTER, MATCHED],
+            "radius": config.refine_radius, "mode": config.refine_interpolation}
 
 
 def _lacks_metrics(row: dict) -> bool:

@@ -164,3 +164,38 @@ def test_bench_suite_reads_the_vortex_centre_the_analysis_shows(tmp_path, monkey
     row = bench_suite._run_anchor("vortex", 5, "zero", 1)
     assert row["core_found_pct"] == 0.0 and row["epe_mean"] != 9.0
     assert json.loads(path.read_text())["core_found_pct"] == 0.0
+
+
+@pytest.mark.parametrize("planted", [0.8, 1.0, 1.25])
+def test_amplitude_oracle_recovers_a_planted_vortex_amplitude(planted):
+    """Frame t+1 made from frame t through the true field with its vortex scaled by ``planted``: the
+    oracle's fit (given the unscaled true field) finds that factor, and the field it returns has the
+    planted circulation."""
+    import torch
+
+    from amplitude_oracle import fit_amplitude, vortex_weight
+
+    from napari_nmsr.core.convention import warp
+
+    seq = FAMILIES["vortex"](5, size=128, n_frames=2)
+    core, centre = float(seq.truth["core_radius"]), seq.vortex_centres[0]
+    scaled = seq.fields[0] * (1.0 + (planted - 1.0) * vortex_weight((128, 128), centre, core))
+    fixed = warp(torch.from_numpy(seq.frames[:1, None]), torch.from_numpy(scaled[None].astype(np.float32)),
+                 "bicubic")[0, 0].numpy()
+    alpha = fit_amplitude(seq.frames[0], fixed, seq.fields[0], centre, core, seq.masks[1])
+    assert abs(alpha - planted) < 0.02
+    g = circulation(scaled, centre, core) / circulation(seq.fields[0], centre, core)
+    assert abs(g - planted) < 1e-3  # the circle of one core radius is scaled whole
+
+
+def test_bench_suite_oracle_row_reads_the_vortex_amplitude_and_skips_cases_without_one(tmp_path, monkeypatch):
+    import bench_suite
+
+    monkeypatch.setattr(bench_suite, "CACHE", tmp_path)
+    seq = FAMILIES["vortex"](5, size=128, n_frames=4)
+    monkeypatch.setattr(bench_suite, "load_case", lambda *a, **k: seq)
+    row = bench_suite._run_anchor("vortex", 5, "oracle", 1)
+    assert row["status"] == "ok" and 0.0 <= row["circulation_err_pct"] < 30.0
+    assert row["epe_mean"] < 0.2 * row["true_mean"]  # the true field, rescaled near the core only
+    monkeypatch.setattr(bench_suite, "load_case", lambda *a, **k: FAMILIES["probe"](3, size=96, n_frames=3))
+    assert bench_suite._run_anchor("probe", 3, "oracle", 1)["status"].startswith("skipped")
