@@ -444,7 +444,8 @@ def parse_args(argv=None):
     p.add_argument("--suite", choices=("heldout", "tuning"), default="heldout")
     p.add_argument("--per-family", type=int, default=4, help="cases per family")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
-    p.add_argument("--methods", default="nmsr,farneback,dis,openpiv,ants", help=f"comma-separated from {METHODS}")
+    p.add_argument("--methods", default="nmsr,farneback,dis,openpiv,ants,oracle",
+                   help=f"comma-separated from {METHODS} (oracle: vortex cases only, see amplitude_oracle.py)")
     p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads per process")
     p.add_argument("--size", type=int, default=None,
                    help="frames of this many px in every case instead of each case's own size (128-512); "
