@@ -9,8 +9,10 @@ whose field matches the frames best: the engine's own final match (the refinemen
 window radii, frame t resampled bicubically), averaged over the mask within 2 core radii of the centre.
 Its circulation error is then exactly ``|alpha - 1|`` (the suite reads circulation on the circle of one
 core radius, where the field is scaled whole), so the suite's circulation error of this "method" is
-the error a one-parameter fit makes when the vortex's shape and centre are known exactly: a floor for
-any estimator that reads one pair's frames (not for one that pools pairs over time).
+the error a one-parameter fit makes when the vortex's shape and centre are known exactly. It serves as
+a floor for methods that read one pair's frames: not a proof (an estimator whose prior happens to
+hold, e.g. one that always returns the true amplitude, can do better), but what the frames themselves
+determine; and not for methods that pool pairs over time.
 
 Convention: :mod:`napari_nmsr.core.convention` (pull fields, pixels, (dy, dx)).
 """
