@@ -18,8 +18,8 @@ cases the centre error (px) and the circulation error (%); s/pair.
 
 ``--methods oracle`` adds, for vortex cases, the true field with each pair's vortex amplitude fitted
 to the frames (:mod:`amplitude_oracle`): its circulation error is what the frames alone leave when
-the vortex's shape and centre are known, a floor for any method that reads one pair at a time. It is
-not an anchor (never the "best anchor").
+the vortex's shape and centre are known: a reference floor for methods that read one pair at a time
+(not a proof; see that module). It is not an anchor (never the "best anchor").
 
 The vortex centre is read two ways, the same for every method: the peak of
 the smoothed vorticity (:func:`~napari_nmsr.core.simulate.vortex_centre`,
