@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from napari_nmsr.core.convention import warp
-from napari_nmsr.core.refine import match_map
+from napari_nmsr.core.refine import fixed_means, match_map
 from napari_nmsr.core.register import RegistrationConfig
 
 #: The amplitudes tried (a parabola through the best three refines the maximum).
@@ -70,8 +70,9 @@ def fit_amplitude(moving: np.ndarray, fixed: np.ndarray, field: np.ndarray, cent
     mov = torch.from_numpy(np.ascontiguousarray(moving[box], np.float32))[None, None]
     fix = torch.from_numpy(np.ascontiguousarray(fixed[box], np.float32))[None, None]
     u = torch.from_numpy(np.ascontiguousarray(field[(slice(None), *box)], np.float32))[None]
-    scores = np.array([float(match_map(warp(mov, u * (1.0 + (a - 1.0) * weight), mode), fix, radius)[0, 0][region].mean())
-                       for a in ALPHAS])
+    means = fixed_means(fix, radius)  # frame t+1 is the same for every alpha: its window means, once
+    scores = np.array([float(match_map(warp(mov, u * (1.0 + (a - 1.0) * weight), mode), fix, radius, means)[0, 0]
+                             [region].mean()) for a in ALPHAS])
     k = int(np.argmax(scores))
     if 0 < k < len(ALPHAS) - 1:
         curve = scores[k - 1] - 2.0 * scores[k] + scores[k + 1]
