@@ -1,5 +1,6 @@
 """The randomised ground-truth suite: exact truth, seed split, varied parameters; the anchors' convention."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -199,3 +200,33 @@ def test_bench_suite_oracle_row_reads_the_vortex_amplitude_and_skips_cases_witho
     assert row["epe_mean"] < 0.2 * row["true_mean"]  # the true field, rescaled near the core only
     monkeypatch.setattr(bench_suite, "load_case", lambda *a, **k: FAMILIES["probe"](3, size=96, n_frames=3))
     assert bench_suite._run_anchor("probe", 3, "oracle", 1)["status"].startswith("skipped")
+
+
+def test_bench_suite_says_whether_an_estimate_matches_the_frames_better_than_the_truth():
+    """The truth ties with itself, a motionless estimate matches every pair worse, and where frame t+1
+    follows another motion (the vortex turned 1.4x as far) that motion beats the suite's "truth"."""
+    import torch
+
+    import bench_suite
+    from amplitude_oracle import vortex_weight
+
+    from napari_nmsr.core.convention import warp
+
+    seq = FAMILIES["vortex"](5, size=128, n_frames=3)
+    same = bench_suite.evaluate(seq, seq.fields)
+    assert same["beats_truth_pct"] == 100.0 and same["match_minus_truth"] == 0.0
+    assert same["vortex_beats_truth_pct"] == 100.0
+    still = bench_suite.evaluate(seq, np.zeros_like(seq.fields))
+    assert still["beats_truth_pct"] == 0.0 and still["vortex_beats_truth_pct"] == 0.0
+    assert still["match_minus_truth"] < -0.01
+
+    core = float(seq.truth["core_radius"])
+    turned = np.stack([f * (1.0 + 0.4 * vortex_weight((128, 128), c, core))
+                       for f, c in zip(seq.fields, seq.vortex_centres)]).astype(np.float32)
+    frames = seq.frames.copy()
+    for t in range(len(turned)):  # frame t+1 made from frame t through the faster turn
+        frames[t + 1] = warp(torch.from_numpy(frames[t][None, None]), torch.from_numpy(turned[t][None]),
+                             "bicubic")[0, 0].numpy()
+    planted = dataclasses.replace(seq, frames=frames)
+    assert bench_suite.evaluate(planted, turned)["vortex_beats_truth_pct"] == 100.0
+    assert bench_suite._match_against_truth(planted, turned)["match_minus_truth"] > 0.0
