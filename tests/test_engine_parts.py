@@ -15,7 +15,7 @@ from napari_nmsr.core import register as engine
 from napari_nmsr.core.convention import pixel_grid, warp
 from napari_nmsr.core.estimate import Estimate, estimate_seconds
 from napari_nmsr.core.global_motion import affine_fields
-from napari_nmsr.core.losses import bending_loss, divcurl_loss, gaussian_smooth, smoothness_loss
+from napari_nmsr.core.losses import TEMPORAL_EPS, bending_loss, divcurl_loss, gaussian_smooth, smoothness_loss, temporal_loss
 from napari_nmsr.core.register import Progress, RegistrationConfig, register
 from napari_nmsr.core.roi import Box, paste_field, region_of_interest, sector_region
 from napari_nmsr.core.threads import default_threads, passive_openmp, use_threads
@@ -1133,3 +1133,72 @@ def test_early_stopping_stops_a_flat_loss_and_patience_0_runs_every_configured_s
     stopped = register(frames, config=RegistrationConfig(patience=10, min_delta=0.05, **base)).steps_run
     assert stopped[0] < 60
 
+
+
+def _pairs(values, size=8):
+    """(N, 2, size, size) fields, pair t moving ``values[t]`` px along both axes everywhere."""
+    return torch.stack([torch.full((2, size, size), float(v)) for v in values])
+
+
+def test_temporal_loss_charges_uneven_change_between_pairs_quadratically_then_linearly():
+    assert temporal_loss(_pairs([0.7] * 5)).item() == 0.0  # steady motion
+    assert temporal_loss(_pairs([0.3 * t for t in range(5)])).item() < 1e-12  # motion changing at a steady rate
+    assert temporal_loss(_pairs([0.0, 5.0])).item() == 0.0  # fewer than three pairs: nothing to couple
+    # pair-to-pair noise (a zig-zag of +-a: d = 2a) pays quadratically below TEMPORAL_EPS ...
+    small = temporal_loss(_pairs([0.005 * (-1) ** t for t in range(5)])).item()
+    assert small == pytest.approx(0.5 * 0.01**2, rel=0.01)
+    # ... a real turn of the motion (a probe turning back) only linearly: about eps |d| - eps^2
+    large = temporal_loss(_pairs([5.0 * (-1) ** t for t in range(5)])).item()
+    assert large == pytest.approx(TEMPORAL_EPS * 10.0 - TEMPORAL_EPS**2, rel=1e-3)
+    # only the mask's pixels of the middle pairs count
+    wild = _pairs([0.005 * (-1) ** t for t in range(5)])
+    wild[2, :, :, :4] = 100.0
+    mask = torch.ones(5, 1, 8, 8)
+    mask[:, :, :, :4] = 0.0
+    assert temporal_loss(wild, mask).item() == pytest.approx(small, rel=1e-4)
+    assert temporal_loss(wild).item() > 100 * small
+
+
+def test_a_coupled_step_trains_on_a_run_of_consecutive_pairs():
+    runs = [engine._batch_indices(10, 4, step, consecutive=True) for step in range(1, 40)]
+    assert all(isinstance(r, slice) and r.stop - r.start == 4 and 0 <= r.start and r.stop <= 10 for r in runs)
+    assert len({r.start for r in runs}) >= 5  # runs start all over the sequence
+    assert engine._batch_indices(3, 4, 1, consecutive=True) == slice(None)  # all fit: all, in order
+    picked = engine._batch_indices(10, 4, 7)  # without the coupling: a random subset, as before
+    assert isinstance(picked, torch.Tensor) and len(set(picked.tolist())) == 4
+
+
+def test_per_scale_temporal_weight_reaches_each_scales_loss_and_couples_the_pairs(monkeypatch):
+    big = speckle(96, seed=3, sigma=1.5)
+    positions = [0, 1, 0, 1, 0, 1]  # the pairs move +1, -1, +1, -1, +1 px: the most uneven motion there is
+    frames = np.stack([np.roll(big, -p, axis=1) for p in positions])[:, 8:-8, 8:-8]
+    seen = []
+    real = engine._step
+
+    def spy(*args, temporal_weight=0.0, **kwargs):
+        seen.append(temporal_weight)
+        return real(*args, temporal_weight=temporal_weight, **kwargs)
+
+    monkeypatch.setattr(engine, "_step", spy)
+    register(frames[:3], config=RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False,
+                                                   patience=0, refine_steps=0, temporal_weight=(0, 3, 7)))
+    assert seen == [0.0, 0.0, 3.0, 3.0, 7.0, 7.0]
+    monkeypatch.setattr(engine, "_step", real)
+    # a strong coupling pulls the pairs' fields towards each other: the zig-zag shrinks
+    base = dict(scales=(1.0,), steps=60, affine=False, guard=False, crop=False, patience=0, refine_steps=0,
+                consensus_tolerance=0.0, smoothness=1.0, seed=0)
+
+    def swing(config):
+        dx = np.asarray(register(frames, config=config).fields[-1])[:, 1, 16:-16, 16:-16].mean(axis=(1, 2))
+        return float(np.abs(np.diff(dx)).mean())
+
+    free, tied = swing(RegistrationConfig(**base)), swing(RegistrationConfig(**base, temporal_weight=1000.0))
+    assert free > 1.0 and tied < 0.5 * free
+    assert RegistrationConfig(temporal_weight=0.3).temporal_weight_for(2) == 0.3
+    assert RegistrationConfig().temporal_weight_for(2) == 0.0  # off by default (a setting; thirty-second session)
+    for bad in (-0.1, (1.0, -1.0), (), float("nan")):
+        with pytest.raises(ValueError, match="temporal_weight"):
+            RegistrationConfig(temporal_weight=bad)
+    saved = RegistrationConfig().to_dict()
+    del saved["temporal_weight"]  # a result file from before the coupling was made without it
+    assert RegistrationConfig.from_saved(saved).temporal_weight == 0.0

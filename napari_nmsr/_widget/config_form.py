@@ -40,6 +40,8 @@ _TIPS = {
                    "diffusion: the paper's |grad u|^2",
     "curl_weight": "bending: share of the weight that the rotation of the field's curvature gets (1 = bending energy; "
                    "below 1 a vortex core can turn while contraction and noise stay constrained): one value, or one per scale",
+    "temporal_weight": "Weight of the coupling of consecutive pairs' fields in the U-Net's loss (a robust penalty on "
+                       "how unevenly the motion changes from pair to pair; 0 = each pair on its own): one value, or one per scale",
     "affine": "Find each pair's affine (probe) motion first, then register what is left",
     "affine_steps": "Adam steps of the affine stage per pyramid level (32, 64, 128 px)",
     "guard": "Keep a pair's previous field when a scale does not clearly improve its full-resolution match",

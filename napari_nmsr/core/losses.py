@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["box_mean", "box_means", "local_cc_map", "mean_local_cc_map", "ncc_loss", "smoothness_loss", "bending_loss", "divcurl_loss",
-           "gaussian_smooth", "masked_mean", "pair_masked_mean"]
+           "temporal_loss", "gaussian_smooth", "masked_mean", "pair_masked_mean"]
 
 VARIANCE_FLOOR = 1e-5
+#: Where :func:`temporal_loss` turns from quadratic to linear: a change of the field's rate of change
+#: between consecutive pairs, in px of the grid it is computed on.
+TEMPORAL_EPS = 0.1
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -216,6 +219,26 @@ def divcurl_loss(field: torch.Tensor, curl_weight: float = 1.0) -> torch.Tensor:
         curl = across_x(u1[:, 1:, :] - u1[:, :-1, :]) - across_y(u0[:, :, 1:] - u0[:, :, :-1])
         energy = energy + curl_weight * smoothness_loss(curl[:, None])
     return 0.5 * energy
+
+
+def temporal_loss(field: torch.Tensor, mask: torch.Tensor | None = None, eps: float = TEMPORAL_EPS) -> torch.Tensor:
+    """How unevenly consecutive pairs' fields change: robust second temporal difference of (N, 2, H, W).
+
+    ``field`` holds N >= 3 consecutive pairs in time order; ``d = u_t - (u_t-1 + u_t+1) / 2`` for the
+    middle ones, charged ``eps^2 (sqrt(1 + (d / eps)^2) - 1)`` per component (Charbonnier: quadratic
+    below ``eps`` px, linear above), averaged over ``mask`` (N, 1, H, W) of the middle pairs (or
+    everywhere). Zero for motion that is steady or changes at a steady rate (a slow vortex, a wall
+    mid-contraction); pair-to-pair noise pays quadratically, while a real turn of the motion (a probe
+    that turns back, a wall at end-systole) pays only linearly. Fewer than three pairs: 0.
+    """
+    if field.shape[0] < 3:
+        return field.new_zeros(())
+    d = field[1:-1] - 0.5 * (field[:-2] + field[2:])
+    cost = eps * eps * (torch.sqrt(1.0 + (d / eps) ** 2) - 1.0)
+    if mask is None:
+        return cost.mean()
+    weight = mask[1:-1].to(cost.dtype)
+    return (cost * weight).sum() / (weight.sum() * cost.shape[1]).clamp_min(1e-6)
 
 
 def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:

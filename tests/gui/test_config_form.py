@@ -42,6 +42,14 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     with pytest.raises(ValueError, match="curl"):
         widget.registration.config()
     form["curl_weight"].value = "1, 1, 0, 1"
+    # the coupling of consecutive pairs in the U-Net's loss: off by default, one value or one per scale
+    assert form["temporal_weight"].value.replace(" ", "") == "0" and "consecutive" in form["temporal_weight"].tooltip
+    form["temporal_weight"].value = "0, 0, 100, 0"
+    assert widget.registration.config().temporal_weight_for(2) == 100.0
+    form["temporal_weight"].value = "-1"
+    with pytest.raises(ValueError, match="temporal"):
+        widget.registration.config()
+    form["temporal_weight"].value = "0"
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
