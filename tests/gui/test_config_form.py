@@ -11,6 +11,20 @@ from napari_nmsr.core.register import RegistrationConfig
 pytestmark = pytest.mark.gui
 
 
+def _check_per_scale_text(widget, name, default, per_scale, index, value):
+    """A one-or-per-scale field is a text box: it shows its default, feeds scale ``index`` its value
+    from a per-scale text, refuses a negative weight, and is reset to its default."""
+    form = widget.registration.advanced
+    assert form[name].value.replace(" ", "") == default
+    form[name].value = per_scale
+    assert getattr(widget.registration.config(), f"{name}_for")(index) == value
+    form[name].value = "-1"
+    with pytest.raises(ValueError, match=name):
+        widget.registration.config()
+    form[name].value = default
+    assert form[name].value.replace(" ", "") == default
+
+
 def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = open_panel(viewer)
@@ -35,21 +49,10 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
         widget.registration.config()
     form["smoothness"].value = "3.5"
     # the rotation's share of the bending weight, one per scale (the 1/2 scale lets vortex cores turn)
-    assert form["curl_weight"].value.replace(" ", "") == "1,1,0,1"
-    form["curl_weight"].value = "1, 0.5, 0.2, 1"
-    assert widget.registration.config().curl_weight_for(1) == 0.5
-    form["curl_weight"].value = "-1"
-    with pytest.raises(ValueError, match="curl"):
-        widget.registration.config()
-    form["curl_weight"].value = "1, 1, 0, 1"
+    _check_per_scale_text(widget, "curl_weight", "1,1,0,1", "1, 0.5, 0.2, 1", 1, 0.5)
     # the coupling of consecutive pairs in the U-Net's loss: off by default, one value or one per scale
-    assert form["temporal_weight"].value.replace(" ", "") == "0" and "consecutive" in form["temporal_weight"].tooltip
-    form["temporal_weight"].value = "0, 0, 100, 0"
-    assert widget.registration.config().temporal_weight_for(2) == 100.0
-    form["temporal_weight"].value = "-1"
-    with pytest.raises(ValueError, match="temporal"):
-        widget.registration.config()
-    form["temporal_weight"].value = "0"
+    assert "consecutive" in form["temporal_weight"].tooltip
+    _check_per_scale_text(widget, "temporal_weight", "0", "0, 0, 100, 0", 2, 100.0)
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
