@@ -32,6 +32,17 @@ ALPHAS = np.round(np.arange(0.5, 1.6001, 0.02), 4)
 INNER, OUTER, MATCHED = 1.5, 2.5, 2.0
 
 
+def final_match() -> tuple:
+    """(window radii, resampling) of the engine's final match: its refinement's, by default."""
+    config = RegistrationConfig()
+    return config.refine_radius, config.refine_interpolation
+
+
+def near_core(yy: np.ndarray, xx: np.ndarray, centre, core: float) -> np.ndarray:
+    """Where the match is read: within ``MATCHED`` core radii of ``centre`` (y, x), on grids ``yy``/``xx``."""
+    return np.hypot(yy - centre[0], xx - centre[1]) < MATCHED * core
+
+
 def vortex_weight(shape: tuple[int, int], centre, core: float) -> np.ndarray:
     """(H, W) weight of the scaled part: 1 within ``INNER`` core radii of ``centre`` (y, x), 0 beyond ``OUTER``."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
@@ -49,9 +60,9 @@ def fit_amplitude(moving: np.ndarray, fixed: np.ndarray, field: np.ndarray, cent
     which gives what the whole frame gives there at a fraction of the cost. ``radius``/``mode``: the
     match's window radii and resampling; the engine's refinement's by default.
     """
-    config = RegistrationConfig()
-    radius = config.refine_radius if radius is None else radius
-    mode = config.refine_interpolation if mode is None else mode
+    engine_radius, engine_mode = final_match()
+    radius = engine_radius if radius is None else radius
+    mode = engine_mode if mode is None else mode
     h, w = moving.shape
     reach = max(radius if isinstance(radius, tuple) else (radius,))
     margin = OUTER * core + reach + float(np.abs(field).max()) + 4.0
@@ -61,7 +72,7 @@ def fit_amplitude(moving: np.ndarray, fixed: np.ndarray, field: np.ndarray, cent
     c = (centre[0] - y0, centre[1] - x0)
     weight = torch.from_numpy(vortex_weight((y1 - y0, x1 - x0), c, core))[None, None]
     yy, xx = np.mgrid[y0:y1, x0:x1]
-    region = np.hypot(yy - centre[0], xx - centre[1]) < MATCHED * core
+    region = near_core(yy, xx, centre, core)
     if mask is not None:
         region &= mask[box]
     if not region.any():

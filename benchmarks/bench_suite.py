@@ -58,7 +58,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import baselines as bl  # noqa: E402
-from amplitude_oracle import ALPHAS, INNER, MATCHED, OUTER, amplitude_oracle  # noqa: E402
+from amplitude_oracle import ALPHAS, INNER, MATCHED, OUTER, amplitude_oracle, final_match, near_core  # noqa: E402
 from baselines import ANCHORS, BASELINES, BaselineUnavailable  # noqa: E402
 
 from napari_nmsr.core.analysis.pipeline import analyze_fields  # noqa: E402
@@ -72,7 +72,6 @@ from napari_nmsr.core.families import (  # noqa: E402
     suite_cases,
 )
 from napari_nmsr.core.refine import fixed_means, match_map  # noqa: E402
-from napari_nmsr.core.register import RegistrationConfig  # noqa: E402
 from napari_nmsr.core.simulate import SimulatedSequence, vortex_centre  # noqa: E402
 
 CACHE = HERE / "results" / "cache"
@@ -161,9 +160,9 @@ def _match_against_truth(seq: SimulatedSequence, est: np.ndarray) -> dict:
     the two apart: fitting the frames harder cannot remove it, only a prior or more data can (the
     thirty-second session, benchmarks/README.md, on slow vortices).
     """
-    config = RegistrationConfig()
-    radius, mode = config.refine_radius, config.refine_interpolation
+    radius, mode = final_match()
     vortex = seq.vortex_centres is not None and "core_radius" in (seq.truth or {})
+    yy, xx = np.mgrid[0 : est.shape[-2], 0 : est.shape[-1]]
     gains, near = [], []
     for t in range(len(est)):
         mov = torch.from_numpy(np.ascontiguousarray(seq.frames[t], np.float32))[None, None]
@@ -174,9 +173,7 @@ def _match_against_truth(seq: SimulatedSequence, est: np.ndarray) -> dict:
         mask = np.asarray(seq.masks[t + 1], bool)
         gains.append(float(maps[0][mask].mean() - maps[1][mask].mean()))
         if vortex:
-            yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
-            c = seq.vortex_centres[t]
-            region = mask & (np.hypot(yy - c[0], xx - c[1]) < MATCHED * float(seq.truth["core_radius"]))
+            region = mask & near_core(yy, xx, seq.vortex_centres[t], float(seq.truth["core_radius"]))
             if region.any():
                 near.append(float(maps[0][region].mean() - maps[1][region].mean()))
     out = {"beats_truth_pct": float(100.0 * np.mean(np.asarray(gains) >= 0.0)),
@@ -239,9 +236,8 @@ def _run_anchor(family: str, seed: int, method: str, threads: int, use_cache: bo
 
 def _oracle_settings() -> dict:
     """What the oracle's rows depend on (a change re-runs them): its amplitudes, regions and the match."""
-    config = RegistrationConfig()
-    return {"alphas": [float(a) for a in ALPHAS], "regions": [INNER, OUTER, MATCHED],
-            "radius": config.refine_radius, "mode": config.refine_interpolation}
+    radius, mode = final_match()
+    return {"alphas": [float(a) for a in ALPHAS], "regions": [INNER, OUTER, MATCHED], "radius": radius, "mode": mode}
 
 
 def _lacks_metrics(row: dict) -> bool:
@@ -252,7 +248,7 @@ def _lacks_metrics(row: dict) -> bool:
 
 
 def _run_nmsr(seq: SimulatedSequence, family: str, seed: int, overrides: dict) -> dict:
-    from napari_nmsr.core.register import register
+    from napari_nmsr.core.register import RegistrationConfig, register
 
     row = {"family": family, "seed": seed, "method": "nmsr"}
     wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -796,6 +796,19 @@ def _scripted_scales(monkeypatch):
     monkeypatch.setattr(engine.ScaleData, "residual", residual)
 
 
+def _record_keyword(monkeypatch, name: str, keyword: str, default) -> list:
+    """Replace engine.``name`` by a spy that records the ``keyword`` argument of every call (``default``
+    when not passed) and calls the original; returns the list it fills."""
+    seen, real = [], getattr(engine, name)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get(keyword, default))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, name, spy)
+    return seen
+
+
 @pytest.mark.parametrize("guard", [True, False])
 def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch, guard, tmp_path):
     # A scale whose field matches the full-resolution frames worse than the field before it
@@ -805,14 +818,7 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     big = speckle(80, seed=5, sigma=1.5)
     frames = np.stack([np.roll(big, -2 * t, axis=1) for t in range(4)])[:, 8:-8, 8:-8]
     _scripted_scales(monkeypatch)
-    warmups = []
-    real = engine._Convergence
-
-    def spy(*args, warmup=0, **kwargs):
-        warmups.append(warmup)
-        return real(*args, warmup=warmup, **kwargs)
-
-    monkeypatch.setattr(engine, "_Convergence", spy)
+    warmups = _record_keyword(monkeypatch, "_Convergence", "warmup", 0)
     # min_scale_px: the plain 16/32/64 px grids (the script tells the scales apart by their grid)
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard,
                                 min_scale_px=engine.MIN_SCALE_SIZE)
@@ -1172,14 +1178,8 @@ def test_per_scale_temporal_weight_reaches_each_scales_loss_and_couples_the_pair
     big = speckle(96, seed=3, sigma=1.5)
     positions = [0, 1, 0, 1, 0, 1]  # the pairs move +1, -1, +1, -1, +1 px: the most uneven motion there is
     frames = np.stack([np.roll(big, -p, axis=1) for p in positions])[:, 8:-8, 8:-8]
-    seen = []
     real = engine._step
-
-    def spy(*args, temporal_weight=0.0, **kwargs):
-        seen.append(temporal_weight)
-        return real(*args, temporal_weight=temporal_weight, **kwargs)
-
-    monkeypatch.setattr(engine, "_step", spy)
+    seen = _record_keyword(monkeypatch, "_step", "temporal_weight", 0.0)
     register(frames[:3], config=RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False,
                                                    patience=0, refine_steps=0, temporal_weight=(0, 3, 7)))
     assert seen == [0.0, 0.0, 3.0, 3.0, 7.0, 7.0]

@@ -136,6 +136,15 @@ def _one_or_several(value, kind):
     return tuple(kind(v) for v in value) if isinstance(value, (list, tuple)) else kind(value)
 
 
+def _weights_per_scale(name: str, value):
+    """A weight that is one value or one per scale, each finite and >= 0 (else ValueError naming it)."""
+    value = _one_or_several(value, float)
+    weights = value if isinstance(value, tuple) else (value,)
+    if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
+        raise ValueError(f"{name} must be one value or one per scale, each >= 0, got {value}")
+    return value
+
+
 @dataclass
 class RegistrationConfig:
     """Every knob of a run; stored in the result file.
@@ -333,14 +342,8 @@ class RegistrationConfig:
         if self.variant == "nmsr_v" and not self.weights:
             raise ValueError("variant nmsr_v needs a weights file (see `nmsr train`)")
         self.smoothness = _one_or_several(self.smoothness, float)
-        self.curl_weight = _one_or_several(self.curl_weight, float)
-        weights = self.curl_weight if isinstance(self.curl_weight, tuple) else (self.curl_weight,)
-        if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
-            raise ValueError(f"curl_weight must be one value or one per scale, each >= 0, got {self.curl_weight}")
-        self.temporal_weight = _one_or_several(self.temporal_weight, float)
-        weights = self.temporal_weight if isinstance(self.temporal_weight, tuple) else (self.temporal_weight,)
-        if not weights or min(weights) < 0 or not all(np.isfinite(weights)):
-            raise ValueError(f"temporal_weight must be one value or one per scale, each >= 0, got {self.temporal_weight}")
+        self.curl_weight = _weights_per_scale("curl_weight", self.curl_weight)
+        self.temporal_weight = _weights_per_scale("temporal_weight", self.temporal_weight)
         self.steps = _one_or_several(self.steps, int)
         if min(self.steps if isinstance(self.steps, tuple) else (self.steps,), default=-1) < 0:
             raise ValueError(f"steps must be one value or one per scale, each >= 0 (0 skips a scale's U-Net), "
