@@ -478,11 +478,14 @@ def selfcheck() -> bool:
 
 def _overrides(items) -> dict:
     from napari_nmsr.cli_checks import split_setting
+    from napari_nmsr.core.register import RegistrationConfig
 
     try:
-        return dict(split_setting(item) for item in items or [])
-    except ValueError as exc:
+        overrides = dict(split_setting(item) for item in items or [])
+        RegistrationConfig(**overrides)  # refused here, before any case runs, not at the first NMSR row
+    except (TypeError, ValueError) as exc:
         raise SystemExit(f"--nmsr-set: {exc}") from None
+    return overrides
 
 
 def parse_args(argv=None):

@@ -230,3 +230,13 @@ def test_bench_suite_says_whether_an_estimate_matches_the_frames_better_than_the
     planted = dataclasses.replace(seq, frames=frames)
     assert bench_suite.evaluate(planted, turned)["vortex_beats_truth_pct"] == 100.0
     assert bench_suite._match_against_truth(planted, turned)["match_minus_truth"] > 0.0
+
+
+def test_bench_suite_refuses_a_bad_engine_setting_before_running_any_case():
+    import bench_suite
+
+    args = bench_suite.parse_args(["--nmsr-set", "temporal_weight=0,0,100,0", "seed=1"])
+    assert args.nmsr_set == {"temporal_weight": (0, 0, 100, 0), "seed": 1}
+    for bad in (["temporal_weight=0,0,100,0,seed=1"], ["no_such_setting=3"], ["steps"]):
+        with pytest.raises(SystemExit, match="--nmsr-set"):
+            bench_suite.parse_args(["--nmsr-set", *bad])
