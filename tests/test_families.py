@@ -62,6 +62,12 @@ def test_seed_splits_are_disjoint_and_deterministic():
     assert min(held_seeds) >= HELDOUT_MIN_SEED and not held_seeds & set(range(100))
     assert len(held_seeds) == len(held)  # no seed shared between families or indices
     assert [f for f, _ in suite_cases("heldout", 1)] == list(FAMILIES)
+    # cases beyond the reported ones: the same seeds, further along each family's list
+    later = suite_cases("heldout", 3, first=2)
+    assert later == [c for f in FAMILIES for c in suite_cases("heldout", 5, [f])[2:5]]
+    assert not set(later) & set(suite_cases("heldout", 2))
+    with pytest.raises(ValueError, match="first"):
+        suite_cases("heldout", 1, first=-1)
     with pytest.raises(ValueError):
         suite_cases("validation", 1)
 
@@ -236,7 +242,7 @@ def test_bench_suite_refuses_a_bad_engine_setting_before_running_any_case():
     import bench_suite
 
     args = bench_suite.parse_args(["--nmsr-set", "temporal_weight=0,0,100,0", "seed=1"])
-    assert args.nmsr_set == {"temporal_weight": (0, 0, 100, 0), "seed": 1}
+    assert args.nmsr_set == {"temporal_weight": (0, 0, 100, 0), "seed": 1} and args.first_case == 0
     for bad in (["temporal_weight=0,0,100,0,seed=1"], ["no_such_setting=3"], ["steps"]):
         with pytest.raises(SystemExit, match="--nmsr-set"):
             bench_suite.parse_args(["--nmsr-set", *bad])
