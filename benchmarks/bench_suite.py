@@ -72,6 +72,7 @@ from napari_nmsr.core.families import (  # noqa: E402
     suite_cases,
 )
 from napari_nmsr.core.refine import fixed_means, match_map  # noqa: E402
+from napari_nmsr.core.register import RegistrationConfig, register  # noqa: E402
 from napari_nmsr.core.simulate import SimulatedSequence, vortex_centre  # noqa: E402
 
 CACHE = HERE / "results" / "cache"
@@ -248,8 +249,6 @@ def _lacks_metrics(row: dict) -> bool:
 
 
 def _run_nmsr(seq: SimulatedSequence, family: str, seed: int, overrides: dict) -> dict:
-    from napari_nmsr.core.register import RegistrationConfig, register
-
     row = {"family": family, "seed": seed, "method": "nmsr"}
     wall0, cpu0 = time.perf_counter(), time.process_time()
     res = register(seq.frames, mask=seq.masks, config=RegistrationConfig(**overrides))
@@ -479,7 +478,6 @@ def selfcheck() -> bool:
 
 def _overrides(items) -> dict:
     from napari_nmsr.cli_checks import split_setting
-    from napari_nmsr.core.register import RegistrationConfig
 
     try:
         overrides = dict(split_setting(item) for item in items or [])

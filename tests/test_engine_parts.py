@@ -1140,7 +1140,6 @@ def test_early_stopping_stops_a_flat_loss_and_patience_0_runs_every_configured_s
     assert stopped[0] < 60
 
 
-
 def _pairs(values, size=8):
     """(N, 2, size, size) fields, pair t moving ``values[t]`` px along both axes everywhere."""
     return torch.stack([torch.full((2, size, size), float(v)) for v in values])

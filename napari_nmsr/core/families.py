@@ -713,9 +713,10 @@ def suite_cases(split: str, per_family: int = 4, families=None, first: int = 0) 
     bad = [n for n in names if n not in FAMILIES]
     if bad:
         raise ValueError(f"unknown families {bad}; choose from {', '.join(FAMILIES)}")
-    if int(first) < 0:
+    first, per_family = int(first), int(per_family)
+    if first < 0:
         raise ValueError(f"first must be >= 0, got {first}")
-    return [(f, family_seed(split, f, i)) for f in names for i in range(int(first), int(first) + int(per_family))]
+    return [(f, family_seed(split, f, i)) for f in names for i in range(first, first + per_family)]
 
 
 # --------------------------------------------------------------------------- evaluation helpers
