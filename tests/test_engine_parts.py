@@ -1063,6 +1063,12 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     saved = RegistrationConfig().to_dict()
     del saved["early_checkpoint"]  # a twenty-sixth-session file: every pair took the finished network's field
     assert RegistrationConfig.from_saved(saved) == RegistrationConfig(early_checkpoint=0.0)
+    saved = RegistrationConfig().to_dict()
+    del saved["refine_denoise"]  # a thirty-third-session file: the refinement never blurred its frames
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(refine_denoise=0.0)
+    for bad in (-0.5, 9.0):
+        with pytest.raises(ValueError, match="refine_denoise"):
+            RegistrationConfig(refine_denoise=bad)
     assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 

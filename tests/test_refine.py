@@ -132,6 +132,8 @@ def test_the_stage_reads_its_window_and_resampling_from_the_config():
     cfg = RegistrationConfig()
     s = RefineSettings.from_config(cfg)
     assert (s.radius, s.mode) == (cfg.refine_radius, cfg.refine_interpolation) == ((2, 4), "bicubic")
+    assert s.denoise == cfg.refine_denoise == 0.8
+    assert RefineSettings.from_config(RegistrationConfig(refine_denoise=0)).denoise == 0.0
     assert RefineSettings.from_config(RegistrationConfig(refine_interpolation="bilinear", refine_radius=7)).radius == 7
     assert RegistrationConfig(refine_radius=[3, 5]).refine_radius == (3, 5)  # a list (from JSON) is a tuple
     with pytest.raises(ValueError, match="refine_radius"):
@@ -186,6 +188,19 @@ def test_bicubic_resampling_removes_most_of_the_noise_bias_of_bilinear():
             errors[mode].append(epe(field.numpy(), truth))
     assert np.mean(errors["bicubic"]) < 0.8 * np.mean(errors["bilinear"])
     assert np.mean(errors["bicubic"]) < 0.4  # and the stretch itself is found (up to ~1.6 px at the edges)
+
+
+def test_blurring_frames_with_white_noise_removes_most_of_what_is_left_of_the_bias():
+    # Bicubic still keeps only 73 % of white noise's variance at half a pixel; blurring both frames
+    # first (only when the noise is white, core/noise.py) leaves the resampling little noise to modulate.
+    errors = {0.0: [], 0.8: []}
+    for seed in range(3):
+        moving, fixed, truth = stretched_noisy_pair(seed)
+        for sigma in errors:
+            field = torch.zeros(1, 2, 96, 96)
+            list(refine_fields(field, moving, fixed, None, settings(mode="bicubic", denoise=sigma)))
+            errors[sigma].append(epe(field.numpy(), truth))
+    assert np.mean(errors[0.8]) < 0.7 * np.mean(errors[0.0])  # measured 0.131 against 0.255 px
 
 
 def test_cancel_during_the_refinement_keeps_the_scales_finished_before_it():

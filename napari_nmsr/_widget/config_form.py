@@ -64,6 +64,9 @@ _TIPS = {
                      "the mean of their maps",
     "refine_interpolation": "Per-pair refinement: how frames are resampled through the field (bicubic: less "
                             "bias towards half-pixel motion in noisy frames; bilinear: as the U-Net's loss)",
+    "refine_denoise": "Per-pair refinement: Gaussian blur (px) of both frames when the noise between them is white "
+                      "(pixel noise, which resampling turns into a pull towards some sub-pixel shifts); noise shaped "
+                      "like the speckle is left alone (0 = never blur)",
     "refine_fine_steps": "Per-pair refinement, fine pass: Adam steps of a finer residual kept only where it "
                          "clearly raises the local match (0 = off)",
     "refine_fine_grid": "Fine pass: its grid as a share of the frame",
@@ -96,7 +99,7 @@ _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOL
 _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px": {"min": MIN_SCALE_SIZE, "max": 4096},
            "refine_grid": {"min": 0.01, "max": 1.0, "step": 0.005}, "refine_max_px": {"min": 16, "max": 8192},
            "refine_smoothness": {"min": 0.0, "max": 1e6}, "refine_smoothness_deforming": {"min": 0.0, "max": 1e6},
-           "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01},
+           "refine_lr": {"min": 1e-4, "max": 10.0, "step": 0.01}, "refine_denoise": {"min": 0.0, "max": 8.0, "step": 0.1},
            "refine_radius": {"min": 1, "max": 64}, "refine_fine_grid": {"min": 0.01, "max": 1.0, "step": 0.005},
            "refine_fine_smoothness": {"min": 0.0, "max": 1e6}, "refine_fine_gain": {"min": 0.001, "max": 0.99, "step": 0.01},
            "refine_fine_smoothness_deforming": {"min": 0.0, "max": 1e6},

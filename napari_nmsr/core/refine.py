@@ -20,6 +20,9 @@ scale's field for them) get a weaker bending weight for the coarse residual
 Their fine residual is weaker still, more easily kept, and fitted to their
 neighbouring pairs' data as well as their own (twenty-fourth session): one pair's
 speckle does not hold a slow vortex's turn, three consecutive pairs' do better.
+Where the noise between the frames is white (:mod:`.noise`), both frames are
+blurred a little first (``denoise``), so that resampling frame t does not turn
+that noise into a pull towards some sub-pixel shifts (thirty-fourth session).
 
 Frames larger than ``max_px`` on the short side are refined at that size
 (the residual is smooth on the scale of the grid, far coarser than a pixel),
@@ -43,8 +46,9 @@ import torch.nn.functional as F
 
 from .convention import resize_field, resize_image, warp
 from .losses import bending_loss, fixed_window_means, gaussian_smooth, local_cc_map, mean_local_cc_map, pair_masked_mean
+from .noise import WHITE_FLATNESS, incoherent_flatness
 
-__all__ = ["RefineSettings", "fixed_means", "grid_size", "match_map", "refine_fields", "work_size"]
+__all__ = ["RefineSettings", "denoising_sigma", "fixed_means", "grid_size", "match_map", "refine_fields", "work_size"]
 
 #: Pixels (pairs x h x w at the working size) refined at once. On a CPU 2^19 (about six pairs of a
 #: 256 x 308 work grid) took 8-9 s for the shared DICOM's stage where 2^17 (one pair at a time) took
@@ -75,6 +79,9 @@ class RefineSettings:
     fine_smoothness_deforming: float | None = None
     fine_gain_deforming: float | None = None
     fine_neighbours: float = 0.0
+    #: Gaussian sigma (work px) both frames are blurred by before the stage when the noise between
+    #: them is white (:mod:`.noise`); 0: never
+    denoise: float = 0.0
 
     def __post_init__(self):
         for name, default in (("smoothness_deforming", self.smoothness),
@@ -90,7 +97,7 @@ class RefineSettings:
                    config.refine_fine_steps, config.refine_fine_grid, config.refine_fine_smoothness,
                    config.refine_fine_gain, config.refine_smoothness_deforming,
                    config.refine_fine_smoothness_deforming, config.refine_fine_gain_deforming,
-                   config.refine_fine_neighbours)
+                   config.refine_fine_neighbours, config.refine_denoise)
 
 
 def work_size(size: tuple[int, int], max_px: int) -> tuple[int, int]:
@@ -156,6 +163,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     chunks = _chunks(n, work, field.device)
     total = len(chunks) * (settings.steps + settings.fine_steps)
     deforming = None if deforming is None else deforming.to(field.device)
+    blur = denoising_sigma(field, moving, fixed, settings, work)
     # A deforming pair's fine residual reads pairs t-1 and t+1 through their coarse residuals: every
     # pair's coarse residual comes first, then the fine passes (:func:`_fine_pass_with_neighbours`).
     joint = settings.fine_steps > 0 and settings.fine_neighbours > 0 and n > 1 and deforming is not None \
@@ -163,7 +171,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     deltas = torch.zeros(n, 2, *coarse, device=field.device) if joint else None  # the coarse residuals, kept
     done = 0
     for part in chunks:
-        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, part, work)
+        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, part, work, blur)
         end = done + settings.steps + (0 if joint else settings.fine_steps)  # reported with its loss
         weight = _pair_weights(settings.smoothness, settings.smoothness_deforming, deforming, part)
         fit = _fit_residual(base, mov, fix, wts, (h, w), work, coarse, weight, settings.steps, settings, check)
@@ -181,11 +189,11 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
         yield done, total, float(loss.detach())
     if joint:
         yield from _fine_pass_with_neighbours(field, moving, fixed, mask, settings, check, deforming, deltas, chunks,
-                                              done, total)
+                                              done, total, blur)
 
 
 def _fine_pass_with_neighbours(field, moving, fixed, mask, settings: RefineSettings, check, deforming, deltas,
-                               chunks: list[slice], done: int, total: int):
+                               chunks: list[slice], done: int, total: int, blur: float = 0.0):
     """The fine passes, once every pair's coarse residual is in ``deltas``: each chunk reads one pair
     more on either side, and its result joins the field only after the next chunk has read the
     (unchanged) pair beside it, so a pair's result does not depend on the chunks."""
@@ -195,7 +203,7 @@ def _fine_pass_with_neighbours(field, moving, fixed, mask, settings: RefineSetti
     pending = None
     for part in chunks:
         ext = slice(max(0, part.start - 1), min(n, part.stop + 1))
-        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, ext, work)
+        mov, fix, wts, base = _work_inputs(field, moving, fixed, mask, ext, work, blur)
         with torch.no_grad():
             start = base + F.interpolate(deltas[ext], size=work, mode="bilinear", align_corners=True) * to_work
         own = slice(part.start - ext.start, part.stop - ext.start)
@@ -226,12 +234,31 @@ def _fine_pass(start, mov, fix, wts, full, work, settings: RefineSettings, check
 
 
 @torch.no_grad()
-def _work_inputs(field, moving, fixed, mask, pairs: slice, work: tuple[int, int]):
-    """Frames t and t+1, the loss weights (or None) and the field of ``pairs``, at the working size."""
-    mov = resize_image(moving[pairs].float(), work)
-    fix = resize_image(fixed[pairs].float(), work)
+def _work_inputs(field, moving, fixed, mask, pairs: slice | list[int], work: tuple[int, int], blur: float = 0.0):
+    """Frames t and t+1 (blurred by ``blur`` work px, 0: not), the loss weights (or None) and the
+    field of ``pairs``, at the working size."""
+    mov = gaussian_smooth(resize_image(moving[pairs].float(), work), blur)
+    fix = gaussian_smooth(resize_image(fixed[pairs].float(), work), blur)
     wts = None if mask is None else (resize_image(mask[pairs].float(), work) > 0.5).float()
     return mov, fix, wts, resize_field(field[pairs].float(), work)
+
+
+#: Pairs (evenly spread over the sequence) the white-noise test reads: enough for a steady spectrum.
+NOISE_TEST_PAIRS = 8
+
+
+@torch.no_grad()
+def denoising_sigma(field, moving, fixed, settings: RefineSettings, work: tuple[int, int]) -> float:
+    """``settings.denoise`` if the noise between the frames (at the working size, through the field
+    the stage starts from) is white (:func:`.noise.incoherent_flatness` >= :data:`.noise.WHITE_FLATNESS`),
+    else 0.0: the blur that keeps resampled noise from pulling the fit, where it does not cost speckle."""
+    if settings.denoise <= 0:
+        return 0.0
+    n = field.shape[0]
+    pairs = torch.linspace(0, n - 1, min(n, NOISE_TEST_PAIRS)).round().long().unique().tolist()
+    mov, fix, _, base = _work_inputs(field, moving, fixed, None, pairs, work)
+    white = incoherent_flatness(mov, fix, base, settings.mode) >= WHITE_FLATNESS
+    return float(settings.denoise) if white else 0.0
 
 
 @torch.no_grad()

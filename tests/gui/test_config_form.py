@@ -95,6 +95,12 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["early_checkpoint"].value = 0.0
     assert widget.registration.config().early_checkpoint == 0.0
     form["early_checkpoint"].value = defaults.early_checkpoint
+    # the refinement's blur for white noise: px, on by default, off at 0, capped as the config is
+    assert form["refine_denoise"].value == defaults.refine_denoise == 0.8
+    assert form["refine_denoise"].max == 8.0 and "white" in form["refine_denoise"].tooltip
+    form["refine_denoise"].value = 0.0
+    assert widget.registration.config().refine_denoise == 0.0
+    form["refine_denoise"].value = defaults.refine_denoise
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
