@@ -1,5 +1,7 @@
 """The white-noise test (core/noise.py) the refinement runs before it resamples frame t."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -46,6 +48,6 @@ def test_the_refinement_blurs_its_frames_only_where_the_noise_is_white():
     assert denoising_sigma(start, moving, fixed, settings, work) == 0.8
     moving, fixed, _ = band_limited_noise_pair(0)
     assert denoising_sigma(start, moving, fixed, settings, work) == 0.0
-    off = RefineSettings(**{**settings.__dict__, "denoise": 0.0})
+    off = dataclasses.replace(settings, denoise=0.0)
     moving, fixed, _ = stretched_noisy_pair(0, noise=0.1)
     assert denoising_sigma(start, moving, fixed, off, work) == 0.0  # 0: never

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .convention import warp
 
@@ -42,9 +43,10 @@ MID_BAND = (0.1, 0.2)
 
 
 def mirror_extend(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, 2H-2, 2W-2): each frame and its mirror images, a periodic, edge-free tile."""
-    x = torch.cat([images, images.flip(-1)[..., 1:-1]], -1)
-    return torch.cat([x, x.flip(-2)[..., 1:-1, :]], -2)
+    """(N, C, H, W) -> (N, C, 2H-2, 2W-2): each frame and its mirror images, a periodic, edge-free tile
+    (reflect padding by all but the edge rows and columns)."""
+    h, w = images.shape[-2:]
+    return F.pad(images, (0, w - 2, 0, h - 2), mode="reflect")
 
 
 @torch.no_grad()
@@ -59,9 +61,9 @@ def incoherent_flatness(moving: torch.Tensor, fixed: torch.Tensor, field: torch.
     h, w = fixed.shape[-2:]
     if h < 4 or w < 4:
         return 0.0
-    warped = warp(moving.float(), field.float(), mode)
+    warped, fixed = warp(moving.float(), field.float(), mode), fixed.float()
     a = torch.fft.rfft2(mirror_extend(warped - warped.mean((-2, -1), keepdim=True)))
-    b = torch.fft.rfft2(mirror_extend(fixed.float() - fixed.float().mean((-2, -1), keepdim=True)))
+    b = torch.fft.rfft2(mirror_extend(fixed - fixed.mean((-2, -1), keepdim=True)))
     change = (0.5 * (a.abs() ** 2 + b.abs() ** 2) - (a * b.conj()).real).sum((0, 1))
     ky = torch.fft.fftfreq(2 * h - 2, device=change.device).abs()[:, None]
     kx = torch.fft.rfftfreq(2 * w - 2, device=change.device)[None, :]
