@@ -624,7 +624,8 @@ def test_the_engine_rebalances_threads_between_cpu_steps(monkeypatch):
     calls = []
     monkeypatch.setattr(engine, "rebalance_threads", lambda: calls.append(1))
     frames = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
-    engine.register(frames, config=RegistrationConfig(scales=(0.5, 1.0), steps=3, patience=0, affine=False, device="cpu"))
+    engine.register(frames, config=RegistrationConfig(scales=(0.5, 1.0), steps=3, patience=0, affine=False, device="cpu",
+                                                      extend_steps=0))
     assert len(calls) == 6
 
 
@@ -1032,7 +1033,7 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
 
     monkeypatch.setattr(engine, "_step", spy)
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False, patience=0,
-                                smoothness=(5, 20, 80), curl_weight=(1, 0.2, 0.5))
+                                smoothness=(5, 20, 80), curl_weight=(1, 0.2, 0.5), extend_steps=0)
     register(frames, config=config)
     assert seen == [(5.0, 1.0), (5.0, 1.0), (20.0, 0.2), (20.0, 0.2), (80.0, 0.5), (80.0, 0.5)]
     assert RegistrationConfig(smoothness=7).smoothness_for(3) == 7.0
@@ -1069,6 +1070,9 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     for bad in (-0.5, 9.0):
         with pytest.raises(ValueError, match="refine_denoise"):
             RegistrationConfig(refine_denoise=bad)
+    saved = RegistrationConfig().to_dict()
+    del saved["extend_steps"]  # a thirty-fourth-session file: no scale trained past its steps
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(extend_steps=0)
     assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 
@@ -1186,7 +1190,8 @@ def test_per_scale_temporal_weight_reaches_each_scales_loss_and_couples_the_pair
     real = engine._step
     seen = _record_keyword(monkeypatch, "_step", "temporal_weight", 0.0)
     register(frames[:3], config=RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=2, affine=False, crop=False,
-                                                   patience=0, refine_steps=0, temporal_weight=(0, 3, 7)))
+                                                   patience=0, refine_steps=0, temporal_weight=(0, 3, 7),
+                                                   extend_steps=0))
     assert seen == [0.0, 0.0, 3.0, 3.0, 7.0, 7.0]
     monkeypatch.setattr(engine, "_step", real)
     # a strong coupling pulls the pairs' fields towards each other: the zig-zag shrinks

@@ -45,7 +45,9 @@ def moving_sequence(kind, n=4, size=64):
 
 
 def small_config(**kw):
-    base = dict(scales=SCALES, steps=40, encoder=(8, 16, 16), decoder=(16, 16, 8), patience=0, refine_steps=0)
+    """A quick engine: small network, no refinement, no early stop, no extended last scale (their own tests set them)."""
+    base = dict(scales=SCALES, steps=40, encoder=(8, 16, 16), decoder=(16, 16, 8), patience=0, refine_steps=0,
+                extend_steps=0)
     base.update(kw)
     return RegistrationConfig(**base)
 
@@ -287,3 +289,80 @@ def test_keeping_the_coarse_scales_in_float16_moves_the_final_field_by_a_roundin
     np.testing.assert_allclose(kept.fields[0], plain.fields[0], rtol=2.0**-11, atol=0)
     diff = np.abs(kept.final_field - plain.final_field)
     assert diff.max() < 0.02 and diff.mean() < 0.005, (diff.max(), diff.mean())
+
+
+def _translation_epe(field, true):
+    return float(np.linalg.norm(field - true[None], axis=1)[:, 8:-8, 8:-8].mean())
+
+
+def test_a_last_scale_that_left_the_match_flat_trains_on_and_keeps_the_longer_field():
+    """Ten steps at a low learning rate find nothing (the guard keeps the zero field); the same
+    network trained ``extend_steps`` more finds the translation, and the progress counts them."""
+    frames, true = moving_sequence("translation")
+    cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
+    short = register(frames, config=small_config(extend_steps=0, **cfg))
+    events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
+    final = [e for e in events if isinstance(e, ScaleDone)][-1]
+    err_short, err_long = _translation_epe(short.final_field, true), _translation_epe(final.field, true)
+    assert err_short > 2.0 and err_long < 0.2 * err_short, (err_short, err_long)
+    last = [e for e in events if isinstance(e, Progress) and e.scale_index == 2]
+    assert [e.step for e in last] == list(range(1, 111))
+    assert {e.n_steps for e in last[:10]} == {10} and {e.n_steps for e in last[10:]} == {110}
+    assert final.steps_run == 110
+
+
+def test_a_last_scale_that_raised_the_match_is_not_trained_on():
+    frames, _ = moving_sequence("translation")
+    cfg = dict(steps=(0, 0, 40), affine=False, lr=1e-3)
+    a = register(frames, config=small_config(extend_steps=0, **cfg))
+    events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
+    assert max(e.step for e in events if isinstance(e, Progress)) == 40
+    assert np.array_equal(a.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
+
+
+def test_longer_training_without_a_clear_gain_keeps_the_first_field(monkeypatch):
+    frames, _ = moving_sequence("translation")
+    cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
+    short = register(frames, config=small_config(extend_steps=0, **cfg))
+    monkeypatch.setattr(engine, "_clearly_better", lambda *a: False)
+    events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
+    assert max(e.step for e in events if isinstance(e, Progress)) == 110  # it did train on
+    assert np.array_equal(short.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
+
+
+def test_the_extension_asks_for_a_gain_relative_to_the_dissimilarity_left():
+    import torch
+
+    cfg = RegistrationConfig(extend_steps=100, extend_gain=0.05)
+    before = torch.tensor([0.60, 0.70])  # dissimilarity left 0.35: more steps below a gain of 0.0175
+    assert engine._wants_more_steps(before, before + 0.01, cfg)
+    assert not engine._wants_more_steps(before, before + 0.02, cfg)
+    assert not engine._wants_more_steps(before, before, RegistrationConfig(extend_steps=0))
+    assert engine._clearly_better(torch.tensor([0.72]), torch.tensor([0.70]), 0.05)
+    assert not engine._clearly_better(torch.tensor([0.71]), torch.tensor([0.70]), 0.05)
+    for bad in ({"extend_steps": -1}, {"extend_gain": 1.0}, {"extend_margin": -0.1}):
+        with pytest.raises(ValueError, match="extend"):
+            RegistrationConfig(**bad)
+
+
+def test_longer_training_that_fits_each_pair_its_own_way_stops_at_the_first_check(monkeypatch):
+    frames, _ = moving_sequence("translation")
+    cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
+    short = register(frames, config=small_config(extend_steps=0, **cfg))
+    monkeypatch.setattr(engine, "_turns_alike", lambda *a: False)
+    events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
+    assert max(e.step for e in events if isinstance(e, Progress)) == 10 + engine.EXTEND_CHECK_EVERY
+    assert np.array_equal(short.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
+
+
+def test_pairs_that_turn_alike_are_told_from_pairs_fitted_each_its_own_way():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(1, 2, 64, 64, generator=g)
+    alike = shared.repeat(5, 1, 1, 1) + 0.1 * torch.randn(5, 2, 64, 64, generator=g)
+    own = torch.randn(5, 2, 64, 64, generator=g)
+    zero = torch.zeros(5, 2, 64, 64)
+    assert engine._turns_alike(alike, zero, None, 0.7)
+    assert not engine._turns_alike(own, zero, None, 0.7)
+    assert not engine._turns_alike(alike[:1], zero[:1], None, 0.7)  # one pair: no neighbours to show it

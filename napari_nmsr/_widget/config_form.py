@@ -86,6 +86,15 @@ _TIPS = {
     "early_checkpoint": "Guard: the finest U-Net scale that trains keeps a copy of its network at this share of "
                         "its steps; a pair takes the copy's field unless the later steps clearly raise its match or "
                         "change it as they change its neighbours (0 = off)",
+    "extend_steps": "The last U-Net scale trains this many more steps when its own left the match where it was "
+                    "(a fast vortex caught late); their field is kept only on a clear gain (0 = never)",
+    "extend_gain": "Extension: the last U-Net scale trains more when it removed less than this share of the "
+                   "dissimilarity (1 - match) over all pairs",
+    "extend_margin": "Extension: the longer-trained field is kept only when it removes at least this share of the "
+                     "dissimilarity the first one left",
+    "extend_coherence": "Extension: the longer-trained field is kept only when the median pair's change "
+                        "correlates with its neighbours' by at least this (a vortex turns alike in every pair; a fit "
+                        "to decorrelated speckle does not)",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",
@@ -107,6 +116,9 @@ _LIMITS = {"guard_gain": {"min": 0.0, "max": 0.99, "step": 0.01}, "min_scale_px"
            "refine_fine_neighbours": {"min": 0.0, "max": 1.0, "step": 0.1},
            "refine_coherence": {"min": 0.0, "max": 0.99, "step": 0.05},
            "early_checkpoint": {"min": 0.0, "max": 0.95, "step": 0.05},
+           "extend_steps": {"min": 0, "max": 100000}, "extend_gain": {"min": 0.0, "max": 0.99, "step": 0.01},
+           "extend_margin": {"min": 0.0, "max": 0.99, "step": 0.01},
+           "extend_coherence": {"min": -1.0, "max": 1.0, "step": 0.05},
            "refine_coherence_gain": {"min": 0.0, "max": 0.99, "step": 0.005},
            "consensus_tolerance": {"min": 0.0, "max": 0.99, "step": 0.01},
            "consensus_max_px": {"min": 0.01, "max": 1000.0, "step": 0.1}}

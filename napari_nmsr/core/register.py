@@ -215,6 +215,18 @@ class RegistrationConfig:
     they change its neighbours (``refine_coherence``). Its later steps fit each pair's speckle
     (a tuning case of decorrelated speckle: final EPE +44 % from 30 steps to 100, twenty-seventh
     session) while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
+    ``extend_steps``: with ``guard``, when the last U-Net scale's steps (or its early stop on a flat
+    loss) raised the match over all pairs by less than ``extend_gain`` of the dissimilarity left, the
+    same network trains this many steps more (a fresh Adam, no early stop; it stops at the first check
+    of every :data:`EXTEND_CHECK_EVERY` steps whose change does not turn the pairs alike). Its field
+    replaces the first only where it raises the match by at least ``extend_margin`` of what the first
+    left and changes the pairs alike: the median pair's change correlates with its neighbours' by at
+    least ``extend_coherence`` (:func:`_train_scale`). A fast vortex is caught at the 1/2 scale within
+    100 steps from one start and not from another, whose loss is still falling there or has stopped
+    early (thirty-fifth session: tuning vortex 5, 0.678 px at seed 0 and 0.194 at seed 1; extended
+    0.169), and turns alike in every pair; on decorrelated speckle the longer training raises the
+    match as much with a fit of each pair's own speckle (benchmarks/README.md). A single pair has no
+    neighbours to show that, and is never extended. 0: never.
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
@@ -336,6 +348,10 @@ class RegistrationConfig:
     early_checkpoint: float = 0.3
     consensus_tolerance: float = 0.1
     consensus_max_px: float = 1.0
+    extend_steps: int = 100
+    extend_gain: float = 0.05
+    extend_margin: float = 0.05
+    extend_coherence: float = 0.7
 
     def __post_init__(self):
         self.variant = self.variant.lower()
@@ -395,6 +411,10 @@ class RegistrationConfig:
                              f"choose one of {', '.join(INTERPOLATIONS)}")
         if not 0.0 <= float(self.guard_gain) < 1.0:
             raise ValueError(f"guard_gain must be in [0, 1), got {self.guard_gain}")
+        if int(self.extend_steps) < 0 or not 0.0 <= float(self.extend_gain) < 1.0 \
+                or not 0.0 <= float(self.extend_margin) < 1.0 or not -1.0 <= float(self.extend_coherence) <= 1.0:
+            raise ValueError("extend_steps must be >= 0 (0: never), extend_gain and extend_margin in [0, 1), "
+                             "extend_coherence in [-1, 1]")
         if not 0.0 <= float(self.early_checkpoint) < 1.0:
             raise ValueError(f"early_checkpoint must be in [0, 1) (0: off), got {self.early_checkpoint}")
         if self.regulariser not in REGULARISERS:
@@ -459,7 +479,8 @@ class RegistrationConfig:
         one without ``early_checkpoint`` with every pair's field from the finished network (before the
         twenty-seventh), one without ``temporal_weight`` with no coupling of pairs in the U-Net's loss (before
         the thirty-second), one without ``refine_denoise`` with the refinement's frames never blurred
-        (before the thirty-fourth)."""
+        (before the thirty-fourth), one without ``extend_steps`` with no scale ever trained past its steps
+        (before the thirty-fifth)."""
         values = dict(saved)
         values.setdefault("curl_weight", 1.0)
         values.setdefault("consensus_tolerance", 0.0)
@@ -472,6 +493,7 @@ class RegistrationConfig:
         values.setdefault("early_checkpoint", 0.0)
         values.setdefault("temporal_weight", 0.0)
         values.setdefault("refine_denoise", 0.0)
+        values.setdefault("extend_steps", 0)
         return cls(**values)
 
 
@@ -708,35 +730,25 @@ def register_iter(
                     field_full = field_full.float()
             worse = torch.ones(n_pairs, dtype=torch.bool, device=device) if config.guard else None
         else:
-            data = ScaleData.prepare(warped_full, fixed_full, mask_full, s, config.min_scale_px)
             restart = rejected is not None and bool(rejected.any())
             net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
-            amp = amp_for(config, device, finest=k == len(scales) - 1)
-            # A restarted output improves the loss slowly at first: no early stop before half the steps.
-            warmup = n_steps // 2 if restart else None
-            checkpoint_at, early_net = checkpoint_step(config, k), None
-            for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
-                                                   warmup=warmup, smoothness=config.smoothness_for(k),
-                                                   curl_weight=config.curl_weight_for(k),
-                                                   temporal_weight=config.temporal_weight_for(k)):
-                if step == checkpoint_at:
-                    early_net = copy.deepcopy(net)
-                done = sum(plan[: k + 1]) + plan[k + 1] * step / max(n_steps, 1)
-                yield Progress(k, len(scales), s, step, n_steps + extra, loss_value, time.perf_counter() - run_started,
-                               min(1.0, done))
-            batch = batch_for(data, config, device, state)
-            release_host_memory()  # the training's freed buffers, before the full-frame work
             out, stored = scale_out()  # on a CPU, stored is the scale's field as the result keeps it
-            new_field = compose_resized(field_full, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
-                                        out=stored if stored is not None and stored.dtype == torch.float32 else None,
-                                        chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
-            if early_net is not None and step > checkpoint_at:
-                _prefer_checkpoint(new_field, field_full, early_net, data, batch, amp, moving_full, fixed_full,
-                                   mask_full, config)
-            del data, early_net  # its frames (the previous warp; at 1/1 a copy of the mask) and the copy
-            changes = [] if config.guard and config.refine_coherence > 0 and n_pairs > 1 else None
-            warped_full, match, worse = _settle_scale(new_field, field_full, warped_full, match, moving_full, fixed_full,
-                                                      mask_full, config, changes)
+
+            def progress(step_done, value, n_steps=n_steps):
+                # Steps past the scale's own (:func:`_train_scale` extends the last U-Net scale) count on from
+                # them, out of the extended total; the plan had not foreseen them, so its share stays full.
+                done = sum(plan[: k + 1]) + plan[k + 1] * min(1.0, step_done / max(n_steps, 1))
+                total = n_steps + extra if step_done <= n_steps else n_steps + config.extend_steps + extra
+                return Progress(k, len(scales), s, step_done, total, value, time.perf_counter() - run_started,
+                                min(1.0, done))
+
+            first = yield from _train_scale(k, net, restart, field_full, warped_full, match, moving_full, fixed_full,
+                                            mask_full, config, device, state, cancel, progress,
+                                            out=stored if stored is not None and stored.dtype == torch.float32 else None)
+            new_field, warped_full, match, worse, changes = first.field, first.warped, first.match, first.worse, \
+                first.changes
+            step, loss_value = first.step, first.loss
+            del first
             if worse is not None:  # pairs for which the guard kept some U-Net scale's field, or which it moved coherently
                 coherent = _coherent_changes(changes, config) if changes else None
                 if coherent is not None and config.guard_coherent and bool((coherent & worse).any()):
@@ -780,6 +792,142 @@ def register_iter(
         release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
                         None if worse is None else worse.cpu().numpy())
+
+
+@dataclass
+class _Attempt:
+    """One training of a U-Net scale, settled: the composed field, its warp, each pair's match and
+    the pairs the guard kept at the previous field (None without the guard), the changes the
+    coherence test reads, and the steps run and last loss."""
+
+    field: torch.Tensor
+    warped: torch.Tensor
+    match: torch.Tensor | None
+    worse: torch.Tensor | None
+    changes: list | None
+    step: int
+    loss: float
+
+
+def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, config, device, state, cancel, progress,
+                 out=None):
+    """Train ``net`` at scale ``k`` on frame t warped by ``field`` (``warped``, overwritten with the
+    new warp), compose its residual on ``field`` (into ``out`` when given), and settle it
+    (:func:`_settle_scale`). Yields ``progress(step, loss)`` per step; returns an :class:`_Attempt`.
+
+    At the last U-Net scale, when the scale's steps (or its early stop) leave the match where it was
+    (:func:`_wants_more_steps`), the same network trains ``extend_steps`` more, and its field
+    replaces the first only on a clear gain in the match (``extend_margin``) by a change that turns
+    the pairs alike (:func:`_turns_alike`): a fast vortex is caught at the 1/2 scale in 100 steps
+    from one start and only later from another.
+    """
+    scales = config.effective_scales
+    n_steps = config.steps_for(k)
+    # (Longer training must show the sequence's motion, which one pair cannot: :func:`_turns_alike`.)
+    more = config.extend_steps if _last_trained(k, config) and match is not None and field.shape[0] > 1 else 0
+    data = ScaleData.prepare(warped, fixed, mask, scales[k], config.min_scale_px)
+    amp = amp_for(config, device, finest=k == len(scales) - 1)
+    # A restarted output improves the loss slowly at first: no early stop before half the steps.
+    warmup = n_steps // 2 if restart else n_steps // 4  # (of the scale's own steps, extended or not)
+    checkpoint_at, early_net = checkpoint_step(config, k), None
+    changes = [] if config.guard and config.refine_coherence > 0 and field.shape[0] > 1 else None
+
+    def settle(into, warp_into, step, loss_value):
+        batch = batch_for(data, config, device, state)
+        release_host_memory()  # the training's freed buffers, before the full-frame work
+        new_field = compose_resized(field, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
+                                    out=into, chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
+        if early_net is not None and step > checkpoint_at:
+            _prefer_checkpoint(new_field, field, early_net, data, batch, amp, moving, fixed, mask, config)
+        found = None if changes is None else []
+        new_warped, new_match, worse = _settle_scale(new_field, field, warp_into, match, moving, fixed, mask, config,
+                                                     found)
+        return _Attempt(new_field, new_warped, new_match, worse, found, step, loss_value)
+
+    step, loss_value = 0, float("nan")
+    for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
+                                           warmup=warmup, smoothness=config.smoothness_for(k),
+                                           curl_weight=config.curl_weight_for(k),
+                                           temporal_weight=config.temporal_weight_for(k)):
+        if step == checkpoint_at:
+            early_net = copy.deepcopy(net)
+        yield progress(step, loss_value)
+    first = settle(out, warped, step, loss_value)
+    if not more or not _wants_more_steps(match, first.match, config):
+        return first
+    # The same network trains on, from where its steps (or its early stop, a flat loss) left it: with a
+    # fresh optimiser and no early stop, and stopped at the first check that it fits each pair its own way.
+    start, ran = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp), step
+    for extra_step, loss_value in optimise_scale(net, [data], more, config, device, state, cancel, amp=amp,
+                                                 warmup=more, smoothness=config.smoothness_for(k),
+                                                 curl_weight=config.curl_weight_for(k),
+                                                 temporal_weight=config.temporal_weight_for(k)):
+        step = ran + extra_step
+        yield progress(step, loss_value)
+        if extra_step % EXTEND_CHECK_EVERY == 0 and extra_step < more:
+            now = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp)
+            if not _turns_alike(now, start, data.mask, config.extend_coherence):
+                return first  # the longer steps fit each pair its own way: they are not the sequence's motion
+    # The extended network's field, settled on frame t warped by the previous field again.
+    longer = settle(None, _chunked(_warp_float, moving, field), step, loss_value)
+    if not (_clearly_better(longer.match, first.match, config.extend_margin)
+            and _turns_alike(longer.field, first.field, mask, config.extend_coherence)):
+        return first
+    if out is not None:  # the result's own buffer keeps the field
+        longer.field = out.copy_(longer.field)
+    return longer
+
+
+#: The extended steps (``extend_steps``) stop at the first of every this many whose change to the network's
+#: field since its own steps does not turn the pairs alike (:func:`_turns_alike`, on the scale's grid). On
+#: tuning cases whose extension the frames refuse in the end, that correlation fell from 0.5-0.8 after 10
+#: steps to 0.15-0.69 after 20 and 0.23-0.46 after 30; where it caught a vortex it was 0.99-1.0 throughout.
+EXTEND_CHECK_EVERY = 25
+
+
+def _last_trained(k: int, config) -> bool:
+    """Whether scale ``k`` is the last one whose U-Net trains."""
+    trained = [i for i in range(len(config.effective_scales)) if config.steps_for(i) > 0]
+    return bool(trained) and k == trained[-1]
+
+
+def _warp_float(moving, field):
+    """Frame t warped by a field that may be kept in float16 (:mod:`.scale_fields`)."""
+    return warp(moving, field.float())
+
+
+def _wants_more_steps(before, after, config) -> bool:
+    """Whether the last U-Net scale trains ``extend_steps`` more: its steps raised the guard's match over
+    all pairs by less than ``extend_gain`` of the dissimilarity left (``extend_steps`` 0: never). A fast
+    vortex at the 1/2 scale is caught in 100 steps from one start and missed from another, whose loss is
+    still falling there (thirty-fifth session: tuning vortex 5, 0.678 px at seed 0 and 0.194 at seed 1;
+    with 200 steps 0.178 and 0.176); the missed run's scale leaves every pair's match where it was."""
+    if config.extend_steps <= 0 or before is None or after is None:
+        return False
+    left = float((1.0 - before).mean())
+    return float(after.mean() - before.mean()) < config.extend_gain * max(left, 1e-6)
+
+
+@torch.no_grad()
+def _turns_alike(new_field, old_field, mask, coherence: float) -> bool:
+    """Whether the change from ``old_field`` to ``new_field`` is the sequence's motion: the median pair's change
+    correlates with its neighbours' by at least ``coherence`` (:func:`_neighbour_correlation`; one pair: never).
+
+    A network trained on past its steps raises the match on decorrelated speckle as much as where it
+    catches a vortex (thirty-fifth session, tuning cases: by 5-7 % of the dissimilarity left, while the
+    error grew from 0.08-0.24 px to 0.6-1.2 px), but each pair's fit is its own (correlation -0.23-0.15),
+    while a caught vortex turns alike in every pair (0.97-1.0)."""
+    if new_field.shape[0] < 2:
+        return False
+    cells = _cell_change(new_field, old_field.to(new_field.dtype), mask)
+    return float(_neighbour_correlation(cells).median()) >= coherence
+
+
+def _clearly_better(candidate, current, margin: float) -> bool:
+    """Whether ``candidate``'s mean match over the pairs beats ``current``'s by ``margin`` of the
+    dissimilarity ``current`` leaves: more steps must earn their field, as a scale must (:func:`_guard`)."""
+    left = float((1.0 - current).mean())
+    return float(candidate.mean() - current.mean()) > margin * max(left, 1e-6)
 
 
 def prepare_inputs(frames: np.ndarray, mask: np.ndarray | None, config: "RegistrationConfig", device):

@@ -101,6 +101,12 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["refine_denoise"].value = 0.0
     assert widget.registration.config().refine_denoise == 0.0
     form["refine_denoise"].value = defaults.refine_denoise
+    # the last U-Net scale's extension: steps, on by default, off at 0, kept only for motion the pairs share
+    assert form["extend_steps"].value == defaults.extend_steps == 100
+    assert "neighbours" in form["extend_coherence"].tooltip and form["extend_margin"].max == 0.99
+    form["extend_steps"].value = 0
+    assert widget.registration.config().extend_steps == 0
+    form["extend_steps"].value = defaults.extend_steps
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
