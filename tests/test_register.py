@@ -320,13 +320,16 @@ def test_a_last_scale_that_raised_the_match_is_not_trained_on():
     assert np.array_equal(a.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
 
 
-def test_longer_training_without_a_clear_gain_keeps_the_first_field(monkeypatch):
+@pytest.mark.parametrize("refusal, steps_run", [("_clearly_better", 110), ("_turns_alike", 10 + engine.EXTEND_CHECK_EVERY)])
+def test_longer_training_the_frames_refuse_keeps_the_first_field(monkeypatch, refusal, steps_run):
+    """Refused at the end (no clear match gain: all 100 more steps run) or at the first check (the
+    change does not move the pairs alike: the training stops there), the field is the first one."""
     frames, _ = moving_sequence("translation")
     cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
     short = register(frames, config=small_config(extend_steps=0, **cfg))
-    monkeypatch.setattr(engine, "_clearly_better", lambda *a: False)
+    monkeypatch.setattr(engine, refusal, lambda *a: False)
     events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
-    assert max(e.step for e in events if isinstance(e, Progress)) == 110  # it did train on
+    assert max(e.step for e in events if isinstance(e, Progress)) == steps_run
     assert np.array_equal(short.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
 
 
@@ -343,16 +346,6 @@ def test_the_extension_asks_for_a_gain_relative_to_the_dissimilarity_left():
     for bad in ({"extend_steps": -1}, {"extend_gain": 1.0}, {"extend_margin": -0.1}):
         with pytest.raises(ValueError, match="extend"):
             RegistrationConfig(**bad)
-
-
-def test_longer_training_that_fits_each_pair_its_own_way_stops_at_the_first_check(monkeypatch):
-    frames, _ = moving_sequence("translation")
-    cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
-    short = register(frames, config=small_config(extend_steps=0, **cfg))
-    monkeypatch.setattr(engine, "_turns_alike", lambda *a: False)
-    events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
-    assert max(e.step for e in events if isinstance(e, Progress)) == 10 + engine.EXTEND_CHECK_EVERY
-    assert np.array_equal(short.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
 
 
 def test_pairs_that_turn_alike_are_told_from_pairs_fitted_each_its_own_way():
