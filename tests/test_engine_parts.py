@@ -508,7 +508,8 @@ def test_a_scale_of_zero_steps_is_skipped_and_keeps_the_field_so_far(monkeypatch
         return real(net, datas, n_steps, *args, **kwargs)
 
     monkeypatch.setattr(engine, "optimise_scale", spy)
-    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12, consensus_tolerance=0)
+    cfg = RegistrationConfig(scales=(0.5, 1.0), steps=(6, 0), refine_steps=0, min_scale_px=12, consensus_tolerance=0,
+                             extend_steps=0)
     done = [e for e in engine.register_iter(frames, None, cfg) if isinstance(e, engine.ScaleDone)]
     assert trained == [(24, 24)]  # only the 1/2 scale trained
     assert done[1].steps_run == 0 and done[1].kept_previous.all()
@@ -822,7 +823,7 @@ def test_guard_keeps_the_previous_field_of_a_pair_a_scale_made_worse(monkeypatch
     warmups = _record_keyword(monkeypatch, "_Convergence", "warmup", 0)
     # min_scale_px: the plain 16/32/64 px grids (the script tells the scales apart by their grid)
     config = RegistrationConfig(scales=(0.25, 0.5, 1.0), steps=8, affine=False, crop=False, guard=guard,
-                                min_scale_px=engine.MIN_SCALE_SIZE)
+                                min_scale_px=engine.MIN_SCALE_SIZE, extend_steps=0)
     events = []
     result = register(frames, config=config, on_scale=events.append)
     fields = result.fields
@@ -1129,13 +1130,15 @@ def test_host_memory_is_given_back_after_every_scale_on_a_cpu(monkeypatch):
     calls = []
     monkeypatch.setattr(engine, "release_host_memory", lambda: calls.append(1))
     frames = np.stack([np.roll(speckle(48, seed=2), t, axis=1) for t in range(3)])
-    result = register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu"))
+    # (extend_steps=0: a last scale trained on settles once more, and trims once more)
+    result = register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", extend_steps=0))
     assert result.n_scales == 4 and len(calls) == 3 * 4 + 1
     calls.clear()
-    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0))
+    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0, extend_steps=0))
     assert len(calls) == 3 * 4 + 1  # the consensus alone ends the run
     calls.clear()
-    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0, consensus_tolerance=0))
+    register(frames, None, RegistrationConfig(steps=2, affine=False, device="cpu", refine_steps=0, consensus_tolerance=0,
+                                              extend_steps=0))
     assert len(calls) == 3 * 4
     device_module.release_host_memory()  # the real call works here (glibc) or is a no-op
 

@@ -96,7 +96,8 @@ def test_refinement_works_at_its_capped_size_and_its_grid():
 def test_the_engine_ends_with_the_refinement_reports_it_and_the_paper_preset_has_none():
     moving, fixed, _ = smooth_pair(64)
     frames = torch.cat([moving[0], fixed[0]]).numpy()
-    cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), affine=False, min_scale_px=16)
+    cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), affine=False, min_scale_px=16,
+               extend_steps=0)
     for fine, n in ((0, 9), (5, 14)):  # the scale's 2 steps, the refinement's 7, the fine pass's
         events = list(register_iter(frames, config=RegistrationConfig(refine_steps=7, refine_fine_steps=fine, **cfg)))
         last = [e for e in events if isinstance(e, Progress) and e.scale_index == 1]
@@ -294,7 +295,7 @@ def test_the_engine_flags_as_deforming_the_pairs_for_which_the_guard_kept_a_u_ne
     moving, fixed, _ = smooth_pair(64)
     frames = torch.cat([moving[0], fixed[0], moving[0], fixed[0]]).numpy()
     cfg = dict(scales=(0.5, 1.0), steps=(3, 2), encoder=(8, 8), decoder=(8, 8), min_scale_px=16, refine_steps=3,
-               refine_fine_steps=0, refine_coherence=0.0)
+               refine_fine_steps=0, refine_coherence=0.0, extend_steps=0)  # (one scripted guard per scale)
     list(register_iter(frames, config=RegistrationConfig(**cfg)))
     assert seen[-1].cpu().numpy().tolist() == [False, True, True]  # kept by the 1/1 scale, by the 1/2 scale
     list(register_iter(frames, config=RegistrationConfig(guard=False, **cfg)))

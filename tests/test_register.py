@@ -311,6 +311,17 @@ def test_a_last_scale_that_left_the_match_flat_trains_on_and_keeps_the_longer_fi
     assert final.steps_run == 110
 
 
+def test_an_extended_finest_scale_counts_its_refinement_after_the_extended_steps():
+    frames, _ = moving_sequence("translation")
+    config = small_config(scales=(0.5, 1.0), steps=(0, 10), affine=False, lr=3e-4, extend_steps=30, refine_steps=5,
+                          refine_fine_steps=0, consensus_tolerance=0)
+    events = list(register_iter(frames, config=config))
+    last = [e for e in events if isinstance(e, Progress) and e.scale_index == 1]
+    steps = [e.step for e in last]
+    assert steps == sorted(steps) and steps[-1] == last[-1].n_steps == 10 + 30 + 5
+    assert last[-1].overall == pytest.approx(1.0)
+
+
 def test_a_last_scale_that_raised_the_match_is_not_trained_on():
     frames, _ = moving_sequence("translation")
     cfg = dict(steps=(0, 0, 40), affine=False, lr=1e-3)

@@ -762,6 +762,7 @@ def register_iter(
             release_host_memory()
         if k == len(scales) - 1 and config.refine_steps > 0:  # the last stage, reported as the finest scale's
             settings = RefineSettings.from_config(config)
+            ran = max(n_steps, step)  # the scale's steps, or more when it was extended (:func:`_train_scale`)
             for done_steps, total, value in refine_fields(field_full, moving_full, fixed_full, mask_full, settings,
                                                           _cancel_hook(cancel), deforming):
                 if not math.isnan(value):
@@ -769,7 +770,7 @@ def register_iter(
                 done = sum(plan[: k + 1]) + plan[k + 1] + plan[k + 2] * done_steps / max(total, 1)
                 # The stage runs its steps once per chunk of pairs; shown as the scale's own count
                 # (a run of 170 steps did not become one of 320 halfway through it).
-                yield Progress(k, len(scales), s, n_steps + round(extra * done_steps / max(total, 1)), n_steps + extra,
+                yield Progress(k, len(scales), s, ran + round(extra * done_steps / max(total, 1)), ran + extra,
                                loss_value, time.perf_counter() - run_started, min(1.0, done))
             step += settings.steps + settings.fine_steps  # the scale's steps run (it may stop early) and the refinement's
         consensus = k == len(scales) - 1 and n_pairs > 1 and config.consensus_tolerance > 0
