@@ -905,8 +905,7 @@ def _wants_more_steps(before, after, config) -> bool:
     with 200 steps 0.178 and 0.176); the missed run's scale leaves every pair's match where it was."""
     if config.extend_steps <= 0 or before is None or after is None:
         return False
-    left = float((1.0 - before).mean())
-    return float(after.mean() - before.mean()) < config.extend_gain * max(left, 1e-6)
+    return not _clearly_better(after, before, config.extend_gain)
 
 
 @torch.no_grad()
@@ -1382,8 +1381,7 @@ def checkpoint_step(config, k: int) -> int:
 
     Only the finest U-Net scale that trains (with the guard, whose test it uses): a coarse scale's
     later steps are its capture of large motion, and the finest one's field is what the run keeps."""
-    trained = [i for i in range(len(config.effective_scales)) if config.steps_for(i) > 0]
-    if not config.guard or config.early_checkpoint <= 0 or not trained or k != trained[-1]:
+    if not config.guard or config.early_checkpoint <= 0 or not _last_trained(k, config):
         return 0
     return max(1, round(config.early_checkpoint * config.steps_for(k)))
 
