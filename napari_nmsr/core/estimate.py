@@ -8,7 +8,9 @@ steps of the affine stage timed one by one, the preparation of the frames,
 and the full-resolution work that closes every
 scale (composing and warping every pair, the guard, the metrics, the
 copy into the result), then multiplies by the planned step counts and
-frame pairs. Early stopping can only make the run shorter. On the benchmark
+frame pairs. Early stopping can only make the run shorter; the last U-Net
+scale's extension (``extend_steps``, which runs only where that scale found
+nothing) can make it longer, and is stated apart as the most it adds. On the benchmark
 rows (benchmarks/bench_speed.py, "est s" against "total s") it is between
 2 % long and 11 % short (twenty-first session). It costs about a second on
 a CPU.
@@ -30,14 +32,21 @@ __all__ = ["Estimate", "estimate_seconds"]
 @dataclass
 class Estimate:
     """Seconds expected for a run: total and per stage (preparing the frames and the affine stage, one
-    entry per scale, then the refinement when on; the temporal consensus counts in the last entry)."""
+    entry per scale, then the refinement when on; the temporal consensus counts in the last entry).
+    ``extend_s``: the most the last U-Net scale's extension adds when it runs all its steps (it starts
+    only where that scale's own steps found nothing, and stops early where its change is no motion);
+    not in ``total_s``."""
 
     total_s: float
     stages_s: list[float]
     calibration_s: float
+    extend_s: float = 0.0
 
     def __str__(self) -> str:
-        return f"about {_round(self.total_s)} s on this machine"
+        about, most = _round(self.total_s), _round(self.total_s + self.extend_s)
+        if most > about:
+            return f"about {about} s on this machine (up to {most} s if the last scale trains on)"
+        return f"about {about} s on this machine"
 
 
 def _round(seconds: float) -> int:
@@ -79,6 +88,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
                          _finish_seconds(box, moving, fixed, mask_full, score_mask, frames.shape, config, device))
     stages[0] += start_s
     state = {"divisor": 1}
+    extend_s = 0.0
     gen = torch.Generator().manual_seed(0)
     net = None
     for k, s in enumerate(config.effective_scales):
@@ -106,6 +116,10 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         _sync(device)
         infer_s = (time.perf_counter() - t0) * n_pairs
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
+        if engine.extends(config, k, n_pairs):
+            # every step, a look at the field at each check, and the longer field settled again (with a warp)
+            checks = -(-config.extend_steps // engine.EXTEND_CHECK_EVERY)
+            extend_s = step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s
         if engine.checkpoint_step(config, k):
             stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
                 * n_pairs / moving.shape[0]
@@ -113,7 +127,7 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append(_refine_seconds(moving, fixed, mask_full, config, device) * n_pairs / moving.shape[0])
     if config.consensus_tolerance > 0 and moving.shape[0] > 1:  # the last stage's row, as the run reports it
         stages[-1] += _consensus_seconds(moving, fixed, config, device) * n_pairs / moving.shape[0]
-    return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started)
+    return Estimate(float(sum(stages)), [float(x) for x in stages], time.perf_counter() - started, float(extend_s))
 
 
 def _affine_seconds(moving, fixed, mask_full, config, device, n_pairs: int) -> float:

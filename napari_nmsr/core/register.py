@@ -825,7 +825,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     scales = config.effective_scales
     n_steps = config.steps_for(k)
     # (Longer training must show the sequence's motion, which one pair cannot: :func:`_turns_alike`.)
-    more = config.extend_steps if _last_trained(k, config) and match is not None and field.shape[0] > 1 else 0
+    more = config.extend_steps if match is not None and extends(config, k, field.shape[0]) else 0
     data = ScaleData.prepare(warped, fixed, mask, scales[k], config.min_scale_px)
     amp = amp_for(config, device, finest=k == len(scales) - 1)
     # A restarted output improves the loss slowly at first: no early stop before half the steps.
@@ -890,6 +890,12 @@ def _last_trained(k: int, config) -> bool:
     """Whether scale ``k`` is the last one whose U-Net trains."""
     trained = [i for i in range(len(config.effective_scales)) if config.steps_for(i) > 0]
     return bool(trained) and k == trained[-1]
+
+
+def extends(config, k: int, n_pairs: int) -> bool:
+    """Whether scale ``k`` may train ``extend_steps`` more (:func:`_train_scale`): the last trained U-Net
+    scale, with the guard, of a sequence of two pairs or more."""
+    return bool(config.extend_steps > 0 and config.guard and n_pairs > 1 and _last_trained(k, config))
 
 
 def _warp_float(moving, field):

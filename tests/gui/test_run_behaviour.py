@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from qtpy.QtCore import QThreadPool, QTimer
+from qtpy.QtWidgets import QScrollArea
 
 from gui_helpers import SCREENSHOTS, add_small_sequence, open_panel, set_run, wait_for_run
 from napari_nmsr._widget import registration_section
@@ -262,3 +263,25 @@ def test_paint_button_makes_a_labels_layer_and_marks_follow_the_slider(make_napa
     assert widget.masks.paint_layer() == layer  # pressed again: the same layer, not a new one
     assert widget.state.es_frames == [2]  # adding layers never resets the user's marks
     assert widget.state.image_layer == image
+
+
+def test_estimate_button_states_the_time_and_the_most_the_extension_adds(make_napari_viewer, qtbot):
+    # "Estimate time" times a few steps in a worker and shows the Estimate; on the default settings the
+    # last U-Net scale may train on (extend_steps), which the estimate states apart as its most.
+    from gui_helpers import save_screenshot
+
+    viewer, widget = _panel_with_small_sequence(make_napari_viewer)
+    viewer.window.resize(1500, 940)
+    layers_before = [lyr.name for lyr in viewer.layers]
+    widget.registration.estimate_button.click()
+    qtbot.waitUntil(lambda: widget.registration.last_estimate is not None, timeout=60_000)
+    est = widget.registration.last_estimate
+    assert est.total_s > 0 and est.extend_s > 0  # 5 pairs, the default's 1/2 scale trains last
+    assert widget.registration.estimate_label.text() == f"Run: {est}"
+    assert [lyr.name for lyr in viewer.layers] == layers_before  # timing adds nothing to the viewer
+    qtbot.waitUntil(lambda: widget.registration._estimate_worker is None, timeout=10_000)
+    scroll = widget.findChild(QScrollArea)
+    scroll.ensureWidgetVisible(widget.registration.estimate_label)
+    qtbot.wait(50)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    save_screenshot(viewer.screenshot(canvas_only=False, flash=False), SCREENSHOTS / "estimate_label.png")
