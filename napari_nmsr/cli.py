@@ -168,6 +168,8 @@ def cmd_register(args) -> int:
     print(f"{seq.source}: {t} frames {h}x{w}, {args.variant} on {result.device}, {elapsed:.1f} s "
           f"({elapsed / (t - 1):.2f} s per frame pair)")
     print(format_metrics_table(result.metrics_table()))
+    for text in result.notes:  # what the engine decided beyond its plan (an extended scale, the refinement's blur)
+        print(f"note: {text}")
     print(f"wrote {path}")
     return 0
 
@@ -258,6 +260,8 @@ def cmd_info(args) -> int:
             print(f"result: {s} scales {list(res.scales)}, {n} frame pairs, {h}x{w} px, "
                   f"variant {res.config.get('variant')}, cancelled={res.cancelled}")
             print(format_metrics_table(res.metrics_table()))
+            for text in res.notes:
+                print(f"note: {text}")
             return 0
     from .core.io import load_sequence
 

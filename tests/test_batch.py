@@ -111,6 +111,7 @@ def test_local_cluster_two_workers_isolates_corrupt_file(data, tmp_path, capsys)
         res = RegistrationResult.load(out / f"cine{i}.nmsr.npz")
         assert res.fields.shape == (2, 3, 2, 48, 48)
         assert float(row["final_mean_cc"]) == pytest.approx(float(np.mean(res.metrics["mean_cc"][-1])))
+        assert row["notes"] == " | ".join(res.notes)  # what the engine decided beyond its plan, per input
         report = json.loads((out / f"cine{i}.analysis.json").read_text())
         assert [p["t"] for p in report["pairs"]] == [0, 1, 2]
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temporary files left behind

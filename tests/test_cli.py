@@ -41,7 +41,16 @@ def test_info_describes_sequence_and_result(sample, capsys):
     main(["register", str(sample / "frames.npy"), "--out", str(out), *FAST])
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert "2 scales" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "2 scales" in text
+    # What the engine decided beyond its plan (RegistrationResult.notes) survives the file and is shown.
+    res = RegistrationResult.load(out)
+    assert [line[len("note: "):] for line in text.splitlines() if line.startswith("note: ")] == res.notes
+    res.notes = ["The 1/2 scale's 100 steps left the match where it was, so it trained on for 100 more steps."]
+    noted = res.save(sample / "res_notes.npz")
+    assert RegistrationResult.load(noted).notes == res.notes
+    assert main(["info", str(noted)]) == 0
+    assert f"note: {res.notes[0]}" in capsys.readouterr().out.splitlines()
 
 
 def test_train_then_register_with_nmsr_v(sample, capsys):

@@ -51,3 +51,17 @@ def test_the_refinement_blurs_its_frames_only_where_the_noise_is_white():
     off = dataclasses.replace(settings, denoise=0.0)
     moving, fixed, _ = stretched_noisy_pair(0, noise=0.1)
     assert denoising_sigma(start, moving, fixed, off, work) == 0.0  # 0: never
+
+
+def test_the_refinement_says_when_it_blurred_its_frames():
+    from napari_nmsr.core.refine import refine_fields
+
+    settings = RefineSettings(steps=2, grid=0.125, smoothness=500.0, lr=0.05, max_px=256, radius=6, mode="bicubic",
+                              denoise=0.8)
+    for pair, blurred in ((stretched_noisy_pair(0, noise=0.1), True), (band_limited_noise_pair(0), False)):
+        moving, fixed, truth = pair
+        notes = []
+        for _ in refine_fields(torch.from_numpy(truth).clone(), moving, fixed, None, settings, notes=notes):
+            pass
+        assert notes == (["The refinement blurred both frames by 0.8 px first: the noise between them is white, "
+                          "and resampling it would pull the fit."] if blurred else [])

@@ -309,6 +309,10 @@ def test_a_last_scale_that_left_the_match_flat_trains_on_and_keeps_the_longer_fi
     assert [e.step for e in last] == list(range(1, 111))
     assert {e.n_steps for e in last[:10]} == {10} and {e.n_steps for e in last[10:]} == {110}
     assert final.steps_run == 110
+    # the result says so, in words (ScaleDone.notes -> RegistrationResult.notes); the short run says nothing
+    assert len(final.notes) == 1 and final.notes[0].startswith("The full-size scale's 10 steps left the match where it was")
+    assert "for 100 more steps, kept: they removed" in final.notes[0]
+    assert short.notes == []
 
 
 def test_an_extended_finest_scale_counts_its_refinement_after_the_extended_steps():
@@ -331,17 +335,30 @@ def test_a_last_scale_that_raised_the_match_is_not_trained_on():
     assert np.array_equal(a.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
 
 
-@pytest.mark.parametrize("refusal, steps_run", [("_clearly_better", 110), ("_turns_alike", 10 + engine.EXTEND_CHECK_EVERY)])
-def test_longer_training_the_frames_refuse_keeps_the_first_field(monkeypatch, refusal, steps_run):
-    """Refused at the end (no clear match gain: all 100 more steps run) or at the first check (the
-    change does not move the pairs alike: the training stops there), the field is the first one."""
+@pytest.mark.parametrize("refusal, checks_passed, steps_run, said", [
+    ("_clearly_better", 0, 110, "for 100 more steps, not kept: they removed"),
+    ("_turns_alike", 0, 10 + engine.EXTEND_CHECK_EVERY, f"stopped after {engine.EXTEND_CHECK_EVERY} more steps, not kept"),
+    ("_turns_alike", 3, 110, "for 100 more steps, not kept: their change differed from pair to pair"),
+])
+def test_longer_training_the_frames_refuse_keeps_the_first_field(monkeypatch, refusal, checks_passed, steps_run, said):
+    """Refused at the end (no clear match gain, or a change unlike from pair to pair after passing the
+    three checks on the way: all 100 more steps run) or at the first check (the change does not move
+    the pairs alike: the training stops there), the field is the first one, and the notes say why."""
     frames, _ = moving_sequence("translation")
     cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
     short = register(frames, config=small_config(extend_steps=0, **cfg))
-    monkeypatch.setattr(engine, refusal, lambda *a: False)
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        return len(calls) <= checks_passed
+
+    monkeypatch.setattr(engine, refusal, refuse)
     events = list(register_iter(frames, config=small_config(extend_steps=100, **cfg)))
     assert max(e.step for e in events if isinstance(e, Progress)) == steps_run
-    assert np.array_equal(short.final_field, [e for e in events if isinstance(e, ScaleDone)][-1].field)
+    done = [e for e in events if isinstance(e, ScaleDone)]
+    assert np.array_equal(short.final_field, done[-1].field)
+    assert [len(e.notes) for e in done] == [0, 0, 1] and said in done[-1].notes[0]
 
 
 def test_the_extension_asks_for_a_gain_relative_to_the_dissimilarity_left():

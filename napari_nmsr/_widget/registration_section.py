@@ -437,7 +437,9 @@ class RegistrationSection(QGroupBox):
         else:
             self.bar.setValue(1000)
             seconds = float(np.sum(result.seconds)) if result.seconds is not None else 0.0
-            self.status.setText(f"Done: {len(done)} scales in {seconds:.0f} s on {result.device}")
+            # what the engine decided beyond its plan (an extended scale, the refinement's blur), in words
+            self.status.setText("\n".join([f"Done: {len(done)} scales in {seconds:.0f} s on {result.device}",
+                                            *result.notes]))
         self.show_convergence(result)
         self.run_finished.emit(result)
 

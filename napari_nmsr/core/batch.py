@@ -44,10 +44,11 @@ MASK_NAMES = ("{stem}.npy", "{stem}_mask.npy", "{stem}_masks.npy")
 #: wall time (load + register + write + analyse) on its worker;
 #: ``final_mean_cc`` the finest scale's mean CC over frame pairs;
 #: ``attempts`` how many times the input was run (2 = retried);
-#: ``retried_from`` the worker of the failed first attempt.
+#: ``retried_from`` the worker of the failed first attempt;
+#: ``notes`` what the engine decided beyond its plan (``RegistrationResult.notes``, joined by " | ").
 SUMMARY_COLUMNS = (
     "input", "status", "error", "seconds", "worker", "result", "frames", "height", "width",
-    "final_mean_cc", "attempts", "retried_from", "analysis", "device",
+    "final_mean_cc", "attempts", "retried_from", "analysis", "device", "notes",
 )
 
 
@@ -187,7 +188,7 @@ def _result_row(item: BatchItem, result) -> dict:
     s, n, _, h, w = result.fields.shape
     cc = float(np.mean(result.metrics["mean_cc"][-1])) if s else None
     return {"result": str(item.result), "frames": n + 1, "height": h, "width": w,
-            "final_mean_cc": cc, "device": result.device}
+            "final_mean_cc": cc, "device": result.device, "notes": " | ".join(result.notes)}
 
 
 def register_file(item: BatchItem, config, *, threads: int | None = None) -> dict:

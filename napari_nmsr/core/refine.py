@@ -146,7 +146,7 @@ def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
 
 def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None,
                   settings: RefineSettings, check: Callable[[], None] | None = None,
-                  deforming: torch.Tensor | None = None) -> Iterator[tuple[int, int, float]]:
+                  deforming: torch.Tensor | None = None, notes: list | None = None) -> Iterator[tuple[int, int, float]]:
     """Refine ``field`` (N, 2, H, W) IN PLACE, pair chunk by chunk; yields (step done, steps in all, loss).
 
     ``moving``/``fixed``: (N, 1, H, W) frames t and t+1; ``mask`` (N, 1, H, W) float weights of the
@@ -155,6 +155,7 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     ``deforming`` (N,) bool: pairs whose motion the affine stage did not explain (the guard kept a
     U-Net scale's field for them); their coarse residual is fitted with ``smoothness_deforming``, their
     fine one with the ``fine_*_deforming`` settings and their neighbours' data (``fine_neighbours``).
+    ``notes``: a list the stage appends what it decided to, in words (the blur, :func:`denoising_sigma`).
     """
     n, _, h, w = field.shape
     work = work_size((h, w), settings.max_px)
@@ -164,6 +165,9 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     total = len(chunks) * (settings.steps + settings.fine_steps)
     deforming = None if deforming is None else deforming.to(field.device)
     blur = denoising_sigma(field, moving, fixed, settings, work)
+    if blur and notes is not None:
+        notes.append(f"The refinement blurred both frames by {blur:g} px first: the noise between them is white, "
+                     "and resampling it would pull the fit.")
     # A deforming pair's fine residual reads pairs t-1 and t+1 through their coarse residuals: every
     # pair's coarse residual comes first, then the fine passes (:func:`_fine_pass_with_neighbours`).
     joint = settings.fine_steps > 0 and settings.fine_neighbours > 0 and n > 1 and deforming is not None \

@@ -548,6 +548,9 @@ class ScaleDone:
     final_loss: float
     #: (T-1,) bool: pairs that kept the previous scale's field (``RegistrationConfig.guard``), or None.
     kept_previous: np.ndarray | None = None
+    #: What the engine decided at this scale beyond its plan, in words (an extension of its steps, the
+    #: refinement's blur); kept in the result (``RegistrationResult.notes``).
+    notes: tuple[str, ...] = ()
 
 
 class _Cancelled(Exception):
@@ -707,6 +710,7 @@ def register_iter(
         match = _match(warped_full, fixed_full, mask_full, config.ncc_radius) if config.guard else None
     worse = deforming = None
     rejected = None  # the pairs whose field the last U-Net scale that ran did not improve (its guard)
+    notes: list[str] = []  # what the engine decided beyond the plan, reported with the scale (ScaleDone.notes)
     for k, s in enumerate(scales):
         started = time.perf_counter()
         n_steps = config.steps_for(k)
@@ -744,7 +748,8 @@ def register_iter(
 
             first = yield from _train_scale(k, net, restart, field_full, warped_full, match, moving_full, fixed_full,
                                             mask_full, config, device, state, cancel, progress,
-                                            out=stored if stored is not None and stored.dtype == torch.float32 else None)
+                                            out=stored if stored is not None and stored.dtype == torch.float32 else None,
+                                            notes=notes)
             new_field, warped_full, match, worse, changes = first.field, first.warped, first.match, first.worse, \
                 first.changes
             step, loss_value = first.step, first.loss
@@ -764,7 +769,7 @@ def register_iter(
             settings = RefineSettings.from_config(config)
             ran = max(n_steps, step)  # the scale's steps, or more when it was extended (:func:`_train_scale`)
             for done_steps, total, value in refine_fields(field_full, moving_full, fixed_full, mask_full, settings,
-                                                          _cancel_hook(cancel), deforming):
+                                                          _cancel_hook(cancel), deforming, notes):
                 if not math.isnan(value):
                     loss_value = value
                 done = sum(plan[: k + 1]) + plan[k + 1] + plan[k + 2] * done_steps / max(total, 1)
@@ -792,7 +797,8 @@ def register_iter(
             field_full = stored if stored is not None else field_full.to(torch.from_numpy(out[:0]).dtype).float()
         release_host_memory()
         yield ScaleDone(k, len(scales), s, field_out, mse, cc, step, time.perf_counter() - started, loss_value,
-                        None if worse is None else worse.cpu().numpy())
+                        None if worse is None else worse.cpu().numpy(), tuple(notes))
+        notes.clear()
 
 
 @dataclass
@@ -811,7 +817,7 @@ class _Attempt:
 
 
 def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, config, device, state, cancel, progress,
-                 out=None):
+                 out=None, notes: list | None = None):
     """Train ``net`` at scale ``k`` on frame t warped by ``field`` (``warped``, overwritten with the
     new warp), compose its residual on ``field`` (into ``out`` when given), and settle it
     (:func:`_settle_scale`). Yields ``progress(step, loss)`` per step; returns an :class:`_Attempt`.
@@ -820,7 +826,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     (:func:`_wants_more_steps`), the same network trains ``extend_steps`` more, and its field
     replaces the first only on a clear gain in the match (``extend_margin``) by a change that turns
     the pairs alike (:func:`_turns_alike`): a fast vortex is caught at the 1/2 scale in 100 steps
-    from one start and only later from another.
+    from one start and only later from another. What the extension did is appended to ``notes``.
     """
     scales = config.effective_scales
     n_steps = config.steps_for(k)
@@ -859,6 +865,12 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     # The same network trains on, from where its steps (or its early stop, a flat loss) left it: with a
     # fresh optimiser and no early stop, and stopped at the first check that it fits each pair its own way.
     start, ran = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp), step
+    name = "full-size" if scales[k] >= 1 else f"1/{1 / scales[k]:g}"
+    why = f"The {name} scale's {ran} steps left the match where it was, so it trained on"
+
+    def note(text):
+        if notes is not None:
+            notes.append(f"{why} {text}")
     for extra_step, loss_value in optimise_scale(net, [data], more, config, device, state, cancel, amp=amp,
                                                  warmup=more, smoothness=config.smoothness_for(k),
                                                  curl_weight=config.curl_weight_for(k),
@@ -868,16 +880,26 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
         if extra_step % EXTEND_CHECK_EVERY == 0 and extra_step < more:
             now = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp)
             if not _turns_alike(now, start, data.mask, config.extend_coherence):
+                note(f"and stopped after {extra_step} more steps, not kept: {_OWN_WAY}.")
                 return first  # the longer steps fit each pair its own way: they are not the sequence's motion
     # The extended network's field, settled on frame t warped by the previous field again.
     longer = settle(None, _chunked(_warp_float, moving, field), step, loss_value)
-    if not (_clearly_better(longer.match, first.match, config.extend_margin)
-            and _turns_alike(longer.field, first.field, mask, config.extend_coherence)):
+    gained = float(longer.match.mean() - first.match.mean()) / max(float((1.0 - first.match).mean()), 1e-6)
+    if not _clearly_better(longer.match, first.match, config.extend_margin):
+        note(f"for {more} more steps, not kept: they removed {gained:.0%} of the dissimilarity left "
+             f"({config.extend_margin:.0%} needed).")
         return first
+    if not _turns_alike(longer.field, first.field, mask, config.extend_coherence):
+        note(f"for {more} more steps, not kept: {_OWN_WAY}.")
+        return first
+    note(f"for {more} more steps, kept: they removed {gained:.0%} of the dissimilarity left.")
     if out is not None:  # the result's own buffer keeps the field
         longer.field = out.copy_(longer.field)
     return longer
 
+
+#: Why an extension's field is not the sequence's motion (:func:`_turns_alike`), in the run's notes.
+_OWN_WAY = "their change differed from pair to pair (each pair's speckle, not the sequence's motion)"
 
 #: The extended steps (``extend_steps``) stop at the first of every this many whose change to the network's
 #: field since its own steps does not turn the pairs alike (:func:`_turns_alike`, on the scale's grid). On

@@ -25,6 +25,10 @@ masks               (T, H, W) bool         the masks the run was restricted to
 refined             (S, T-1) bool          pairs whose field the scale changed;
                                            False where the guard kept the previous
                                            scale's field (only when the guard ran)
+notes_json          () str                 a JSON list of what the engine decided
+                                           beyond its plan, in words (an extended
+                                           scale, the refinement's blur; only when
+                                           it decided anything)
 cancelled           () bool                the run was stopped before the last scale
 config_json         () str                 the RegistrationConfig
 convention_json     () str                 ``convention.CONVENTION``
@@ -73,6 +77,9 @@ class RegistrationResult:
     #: (S, T-1) bool: the pairs each scale refined; False where the guard kept the previous
     #: scale's field (``RegistrationConfig.guard``). None when no guard ran (every pair refined).
     refined: np.ndarray | None = None
+    #: What the engine decided beyond its plan, in words (``ScaleDone.notes``: an extended scale,
+    #: the refinement's blur), so a user and a benchmark can see which runs took which path.
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_scales(cls, done: Sequence, *, config: dict, cancelled: bool = False, frame_interval_s=None, pixel_spacing_mm=None, device: str = "",
@@ -106,6 +113,7 @@ class RegistrationResult:
             final_loss=np.array([d.final_loss for d in done], dtype=np.float64),
             device=device,
             refined=_refined(done),
+            notes=[text for d in done for text in getattr(d, "notes", ())],
         )
 
     # ------------------------------------------------------------------ views
@@ -177,6 +185,8 @@ class RegistrationResult:
             payload["masks"] = np.asarray(self.masks, dtype=bool)
         if self.refined is not None:
             payload["refined"] = np.asarray(self.refined, dtype=bool)
+        if self.notes:
+            payload["notes_json"] = np.array(json.dumps([str(t) for t in self.notes]))
         path.parent.mkdir(parents=True, exist_ok=True)
         check_result_arrays(path.name, payload)  # the checks load() makes: never write what cannot be read back
         return atomic_write(path, lambda tmp: _write_npz(tmp, payload))
@@ -202,6 +212,7 @@ class RegistrationResult:
             device=str(data["device"]),
             masks=None if data.get("masks") is None else np.asarray(data["masks"], dtype=bool),
             refined=None if data.get("refined") is None else np.asarray(data["refined"], dtype=bool),
+            notes=json.loads(str(data["notes_json"])) if "notes_json" in data else [],
         )
 
 
@@ -248,7 +259,7 @@ RESULT_KEYS = {
 }
 #: Keys a result may carry in addition (checked when present).
 OPTIONAL_KEYS = {"velocity_cm_s": ("f", ("P", 2, "H", "W")), "masks": ("b", ("T", "H", "W")),
-                 "refined": ("b", ("S", "P"))}
+                 "refined": ("b", ("S", "P")), "notes_json": ("U", ())}
 
 
 def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -289,8 +300,9 @@ def read_result_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 if key in headers:
                     _check_header(name, key, *headers[key], kinds, pattern, dims)
             data = {k: z[k] for k in RESULT_KEYS}
-            if "refined" in headers:
-                data["refined"] = z["refined"]
+            for key in ("refined", "notes_json"):
+                if key in headers:
+                    data[key] = z[key]
             if "masks" in headers:
                 data["masks"] = z["masks"]
                 if data["masks"].shape[0] != data["fields"].shape[1] + 1:
@@ -378,6 +390,10 @@ def _check_values(name: str, d: dict) -> None:
     if not isinstance(conf_scales, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                        for v in conf_scales):
         raise ResultFileError(f"{name}: 'config_json' has scales that are not a list of numbers: {conf_scales!r}")
+    if "notes_json" in d:
+        notes = _parse_json(name, "notes_json", d["notes_json"])
+        if not isinstance(notes, list) or not all(isinstance(t, str) for t in notes):
+            raise ResultFileError(f"{name}: 'notes_json' is not a list of texts; the file is damaged or edited")
     convention = _parse_json(name, "convention_json", d["convention_json"])
     if convention != json.loads(json.dumps(CONVENTION)):
         label = convention.get("name") if isinstance(convention, dict) else None

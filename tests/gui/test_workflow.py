@@ -60,6 +60,9 @@ def test_workflow_end_to_end_on_the_vortex_sample(make_napari_viewer, qtbot, tmp
     # the last column says how many of the 11 pairs each scale refined (the guard may keep some)
     refined = [row[-1] for row in widget.metrics.rows()]
     assert refined == [f"{int(r.sum())}/11" for r in result.refined]
+    # the status says what the engine decided beyond its plan (an extended scale, the refinement's blur)
+    assert widget.registration.status.text().splitlines()[1:] == result.notes
+    assert widget.registration.status.text().startswith("Done: 2 scales in ")
 
     # 4. ONE vectors layer on (scale, t, y, x), only inside the mask
     vectors = [lyr for lyr in viewer.layers if lyr._type_string == "vectors"]
