@@ -336,14 +336,17 @@ def test_a_last_scale_that_raised_the_match_is_not_trained_on():
 
 
 @pytest.mark.parametrize("refusal, checks_passed, steps_run, said", [
-    ("_clearly_better", 0, 110, "for 100 more steps, not kept: they removed"),
-    ("_turns_alike", 0, 10 + engine.EXTEND_CHECK_EVERY, f"stopped after {engine.EXTEND_CHECK_EVERY} more steps, not kept"),
-    ("_turns_alike", 3, 110, "for 100 more steps, not kept: their change differed from pair to pair"),
+    ("_clearly_better", 0, 210, "for 100 more steps, not kept: they removed"),
+    ("_turns_alike", 0, 10 + 2 * engine.EXTEND_CHECK_EVERY,
+     f"stopped after {engine.EXTEND_CHECK_EVERY} more steps, not kept"),
+    ("_turns_alike", 3, 110 + engine.EXTEND_CHECK_EVERY,
+     "for 100 more steps, not kept: their change differed from pair to pair"),
 ])
 def test_longer_training_the_frames_refuse_keeps_the_first_field(monkeypatch, refusal, checks_passed, steps_run, said):
     """Refused at the end (no clear match gain, or a change unlike from pair to pair after passing the
     three checks on the way: all 100 more steps run) or at the first check (the change does not move
-    the pairs alike: the training stops there), the field is the first one, and the notes say why."""
+    the pairs alike: the training stops there), and refused again when it trains from the same point
+    with the scale's own optimiser, the field is the first one, and the notes say why."""
     frames, _ = moving_sequence("translation")
     cfg = dict(steps=(0, 0, 10), affine=False, lr=3e-4)
     short = register(frames, config=small_config(extend_steps=0, **cfg))
@@ -359,6 +362,7 @@ def test_longer_training_the_frames_refuse_keeps_the_first_field(monkeypatch, re
     done = [e for e in events if isinstance(e, ScaleDone)]
     assert np.array_equal(short.final_field, done[-1].field)
     assert [len(e.notes) for e in done] == [0, 0, 1] and said in done[-1].notes[0]
+    assert "; again from there with the optimiser of its own steps" in done[-1].notes[0]
 
 
 def test_the_extension_asks_for_a_gain_relative_to_the_dissimilarity_left():
@@ -387,3 +391,50 @@ def test_pairs_that_turn_alike_are_told_from_pairs_fitted_each_its_own_way():
     assert engine._turns_alike(alike, zero, None, 0.7)
     assert not engine._turns_alike(own, zero, None, 0.7)
     assert not engine._turns_alike(alike[:1], zero[:1], None, 0.7)  # one pair: no neighbours to show it
+
+
+def test_an_extension_goes_on_with_the_scales_own_optimiser():
+    """Ten steps and ten more on the same Adam are twenty steps; a fresh Adam's first steps move every
+    weight by the learning rate at once (a tuning vortex the scale had begun to find was lost so)."""
+    import torch
+
+    frames = torch.from_numpy(np.stack([speckle(32, seed=s) for s in range(3)]).astype(np.float32))[:, None]
+    data = engine.ScaleData.prepare(frames[:-1], frames[1:], None, 1.0)
+    config = RegistrationConfig(amp=False, patience=0)
+    cpu = torch.device("cpu")
+
+    def trained(splits, keep):
+        torch.manual_seed(0)
+        net = engine.UNet(config.encoder, config.decoder)
+        optimiser = torch.optim.Adam(net.parameters(), lr=config.lr) if keep else None
+        for n in splits:
+            list(engine.optimise_scale(net, [data], n, config, cpu, {"divisor": 1}, optimiser=optimiser))
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    straight = trained([20], keep=True)
+    assert torch.equal(trained([10, 10], keep=True), straight)
+    assert not torch.allclose(trained([10, 10], keep=False), straight, atol=1e-6)
+
+
+def test_a_refused_extension_trains_again_with_the_optimiser_of_the_scales_own_steps(monkeypatch):
+    import torch
+
+    frames, _ = moving_sequence("translation")
+    seen = []
+    real = engine.optimise_scale
+
+    starts = []
+
+    def spy(net, *args, optimiser=None, **kwargs):
+        seen.append(optimiser)
+        starts.append([p.detach().clone() for p in net.parameters()])
+        return real(net, *args, optimiser=optimiser, **kwargs)
+
+    monkeypatch.setattr(engine, "optimise_scale", spy)
+    monkeypatch.setattr(engine, "_clearly_better", lambda *a: False)  # the frames refuse the first extension
+    register(frames, config=small_config(steps=(0, 0, 10), affine=False, lr=3e-4, extend_steps=30))
+    # the scale's steps, an extension with a fresh Adam, and one from the same weights with the scale's Adam
+    assert len(seen) == 3 and seen[0] is not None and seen[1] is None and seen[2] is seen[0]
+    # both extensions start from the weights the scale's own steps left
+    assert all(torch.equal(a, b) for a, b in zip(starts[1], starts[2]))
+    assert not all(torch.equal(a, b) for a, b in zip(starts[0], starts[1]))

@@ -33,9 +33,9 @@ __all__ = ["Estimate", "estimate_seconds"]
 class Estimate:
     """Seconds expected for a run: total and per stage (preparing the frames and the affine stage, one
     entry per scale, then the refinement when on; the temporal consensus counts in the last entry).
-    ``extend_s``: the most the last U-Net scale's extension adds when it runs all its steps (it starts
-    only where that scale's own steps found nothing, and stops early where its change is no motion);
-    not in ``total_s``."""
+    ``extend_s``: the most the last U-Net scale's extensions add when both run all their steps (they start
+    only where that scale's own steps found nothing, the second only where the frames refuse the first,
+    and each stops early where its change is no motion); not in ``total_s``."""
 
     total_s: float
     stages_s: list[float]
@@ -117,9 +117,10 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         infer_s = (time.perf_counter() - t0) * n_pairs
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
         if engine.extends(config, k, n_pairs):
-            # every step, a look at the field at each check, and the longer field settled again (with a warp)
+            # every step, a look at the field at each check, and the longer field settled again (with a warp);
+            # twice when the frames refuse the first extension (register._train_scale)
             checks = -(-config.extend_steps // engine.EXTEND_CHECK_EVERY)
-            extend_s = step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s
+            extend_s = 2 * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
         if engine.checkpoint_step(config, k):
             stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
                 * n_pairs / moving.shape[0]

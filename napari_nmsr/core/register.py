@@ -217,7 +217,7 @@ class RegistrationConfig:
     session) while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
     ``extend_steps``: with ``guard``, when the last U-Net scale's steps (or its early stop on a flat
     loss) raised the match over all pairs by less than ``extend_gain`` of the dissimilarity left, the
-    same network trains this many steps more (a fresh Adam, no early stop; it stops at the first check
+    same network trains this many steps more (the same Adam, no early stop; it stops at the first check
     of every :data:`EXTEND_CHECK_EVERY` steps whose change does not turn the pairs alike). Its field
     replaces the first only where it raises the match by at least ``extend_margin`` of what the first
     left and changes the pairs alike: the median pair's change correlates with its neighbours' by at
@@ -742,7 +742,9 @@ def register_iter(
                 # Steps past the scale's own (:func:`_train_scale` extends the last U-Net scale) count on from
                 # them, out of the extended total; the plan had not foreseen them, so its share stays full.
                 done = sum(plan[: k + 1]) + plan[k + 1] * min(1.0, step_done / max(n_steps, 1))
-                total = n_steps + extra if step_done <= n_steps else n_steps + config.extend_steps + extra
+                # (two extensions at most, :func:`_train_scale`: the total grows by one when the second starts)
+                tries = 0 if step_done <= n_steps else 1 if step_done <= n_steps + config.extend_steps else 2
+                total = n_steps + tries * config.extend_steps + extra
                 return Progress(k, len(scales), s, step_done, total, value, time.perf_counter() - run_started,
                                 min(1.0, done))
 
@@ -852,50 +854,70 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
         return _Attempt(new_field, new_warped, new_match, worse, found, step, loss_value)
 
     step, loss_value = 0, float("nan")
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)  # kept for an extension (below)
     for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
                                            warmup=warmup, smoothness=config.smoothness_for(k),
                                            curl_weight=config.curl_weight_for(k),
-                                           temporal_weight=config.temporal_weight_for(k)):
+                                           temporal_weight=config.temporal_weight_for(k), optimiser=optimiser):
         if step == checkpoint_at:
             early_net = copy.deepcopy(net)
         yield progress(step, loss_value)
     first = settle(out, warped, step, loss_value)
     if not more or not _wants_more_steps(match, first.match, config):
         return first
-    # The same network trains on, from where its steps (or its early stop, a flat loss) left it: with a
-    # fresh optimiser and no early stop, and stopped at the first check that it fits each pair its own way.
-    start, ran = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp), step
+    # The same network trains on, from where its steps (or its early stop, a flat loss) left it, with no early
+    # stop, stopped at the first check that it fits each pair its own way. First with a fresh Adam, whose first
+    # steps move every weight by the learning rate at once; where the frames refuse that, again from the same
+    # weights with the scale's own Adam. Each start catches fast vortices the other loses (thirty-sixth
+    # session: tuning vortex 31 0.739 -> 0.145 px only with the scale's Adam, held-out 634169988 0.36 px
+    # only with a fresh one).
     name = "full-size" if scales[k] >= 1 else f"1/{1 / scales[k]:g}"
-    why = f"The {name} scale's {ran} steps left the match where it was, so it trained on"
+    said = f"The {name} scale's {step} steps left the match where it was, so it trained on"
+    weights = copy.deepcopy(net.state_dict())
+    chosen = first
+    for attempt, own in enumerate((None, optimiser)):
+        if attempt:
+            net.load_state_dict(weights)  # in place: the scale's Adam still holds these parameters
+            said += "; again from there with the optimiser of its own steps"
+        longer, text, ran = yield from _extend(net, data, first, field, moving, mask, more, own, step, config,
+                                               device, state, cancel, amp, k, progress, settle)
+        said, step = f"{said} {text}", step + ran
+        if longer is not None:
+            if out is not None:  # the result's own buffer keeps the field
+                longer.field = out.copy_(longer.field)
+            chosen = longer
+            break
+    if notes is not None:
+        notes.append(said + ".")
+    return chosen
 
-    def note(text):
-        if notes is not None:
-            notes.append(f"{why} {text}")
+
+def _extend(net, data, first, field, moving, mask, more, optimiser, step, config, device, state, cancel, amp, k,
+            progress, settle):
+    """One extension of :func:`_train_scale`: ``more`` steps of ``net`` with ``optimiser`` (None: a fresh Adam),
+    counted on from ``step``; returns (the settled longer :class:`_Attempt` when the frames take it, else None,
+    what happened in words, the steps run)."""
+    start = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp)
+    extra_step = 0
     for extra_step, loss_value in optimise_scale(net, [data], more, config, device, state, cancel, amp=amp,
                                                  warmup=more, smoothness=config.smoothness_for(k),
                                                  curl_weight=config.curl_weight_for(k),
-                                                 temporal_weight=config.temporal_weight_for(k)):
-        step = ran + extra_step
-        yield progress(step, loss_value)
+                                                 temporal_weight=config.temporal_weight_for(k), optimiser=optimiser):
+        yield progress(step + extra_step, loss_value)
         if extra_step % EXTEND_CHECK_EVERY == 0 and extra_step < more:
             now = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp)
             if not _turns_alike(now, start, data.mask, config.extend_coherence):
-                note(f"and stopped after {extra_step} more steps, not kept: {_OWN_WAY}.")
-                return first  # the longer steps fit each pair its own way: they are not the sequence's motion
+                # the longer steps fit each pair its own way: they are not the sequence's motion
+                return None, f"and stopped after {extra_step} more steps, not kept: {_OWN_WAY}", extra_step
     # The extended network's field, settled on frame t warped by the previous field again.
-    longer = settle(None, _chunked(_warp_float, moving, field), step, loss_value)
+    longer = settle(None, _chunked(_warp_float, moving, field), step + extra_step, loss_value)
     gained = float(longer.match.mean() - first.match.mean()) / max(float((1.0 - first.match).mean()), 1e-6)
     if not _clearly_better(longer.match, first.match, config.extend_margin):
-        note(f"for {more} more steps, not kept: they removed {gained:.0%} of the dissimilarity left "
-             f"({config.extend_margin:.0%} needed).")
-        return first
+        return None, (f"for {more} more steps, not kept: they removed {gained:.0%} of the dissimilarity left "
+                      f"({config.extend_margin:.0%} needed)"), extra_step
     if not _turns_alike(longer.field, first.field, mask, config.extend_coherence):
-        note(f"for {more} more steps, not kept: {_OWN_WAY}.")
-        return first
-    note(f"for {more} more steps, kept: they removed {gained:.0%} of the dissimilarity left.")
-    if out is not None:  # the result's own buffer keeps the field
-        longer.field = out.copy_(longer.field)
-    return longer
+        return None, f"for {more} more steps, not kept: {_OWN_WAY}", extra_step
+    return longer, f"for {more} more steps, kept: they removed {gained:.0%} of the dissimilarity left", extra_step
 
 
 #: Why an extension's field is not the sequence's motion (:func:`_turns_alike`), in the run's notes.
@@ -1144,16 +1166,16 @@ def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch
 
 def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None,
                    warmup: int | None = None, smoothness: float | None = None, curl_weight: float | None = None,
-                   temporal_weight: float = 0.0):
+                   temporal_weight: float = 0.0, optimiser: torch.optim.Optimizer | None = None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
     under autocast to ``amp`` (None: float32; see :func:`amp_for`). With ``temporal_weight``
     each step's pairs are consecutive (a run of them when not all fit), so the loss can couple them.
 
     Yields (step, loss). On out-of-memory the batch is halved (for this and
     later scales, through ``state["divisor"]``); DeviceMemoryError when even
-    one pair does not fit.
+    one pair does not fit. ``optimiser``: an Adam over ``net`` to go on with (its moments kept), else a new one.
     """
-    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr) if optimiser is None else optimiser
     warmup = n_steps // 4 if warmup is None else warmup
     monitor = _Convergence(config.patience if len(datas) == 1 else 0, config.min_delta, warmup=warmup)
     step = 0
