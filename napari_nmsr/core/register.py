@@ -217,7 +217,8 @@ class RegistrationConfig:
     session) while a fast vortex needs them all (:func:`_prefer_checkpoint`); 0: off.
     ``extend_steps``: with ``guard``, when the last U-Net scale's steps (or its early stop on a flat
     loss) raised the match over all pairs by less than ``extend_gain`` of the dissimilarity left, the
-    same network trains this many steps more (the same Adam, no early stop; it stops at the first check
+    same network trains this many steps more (with a fresh Adam, and where the frames refuse that field, once
+    more from the same weights with the scale's own Adam; no early stop; each try stops at the first check
     of every :data:`EXTEND_CHECK_EVERY` steps whose change does not turn the pairs alike). Its field
     replaces the first only where it raises the match by at least ``extend_margin`` of what the first
     left and changes the pairs alike: the median pair's change correlates with its neighbours' by at
