@@ -834,7 +834,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     scales = config.effective_scales
     n_steps = config.steps_for(k)
     # (Longer training must show the sequence's motion, which one pair cannot: :func:`_turns_alike`.)
-    more = config.extend_steps if match is not None and extends(config, k, field.shape[0]) else 0
+    more = config.extend_steps if extends(config, k, field.shape[0]) else 0  # (with the guard: ``match`` is known)
     data = ScaleData.prepare(warped, fixed, mask, scales[k], config.min_scale_px)
     amp = amp_for(config, device, finest=k == len(scales) - 1)
     # A restarted output improves the loss slowly at first: no early stop before half the steps.
@@ -912,7 +912,7 @@ def _extend(net, data, first, field, moving, mask, more, optimiser, step, config
                 return None, f"and stopped after {extra_step} more steps, not kept: {_OWN_WAY}", extra_step
     # The extended network's field, settled on frame t warped by the previous field again.
     longer = settle(None, _chunked(_warp_float, moving, field), step + extra_step, loss_value)
-    gained = float(longer.match.mean() - first.match.mean()) / max(float((1.0 - first.match).mean()), 1e-6)
+    gained = _share_removed(longer.match, first.match)
     if not _clearly_better(longer.match, first.match, config.extend_margin):
         return None, (f"for {more} more steps, not kept: they removed {gained:.0%} of the dissimilarity left "
                       f"({config.extend_margin:.0%} needed)"), extra_step
@@ -977,8 +977,12 @@ def _turns_alike(new_field, old_field, mask, coherence: float) -> bool:
 def _clearly_better(candidate, current, margin: float) -> bool:
     """Whether ``candidate``'s mean match over the pairs beats ``current``'s by ``margin`` of the
     dissimilarity ``current`` leaves: more steps must earn their field, as a scale must (:func:`_guard`)."""
-    left = float((1.0 - current).mean())
-    return float(candidate.mean() - current.mean()) > margin * max(left, 1e-6)
+    return _share_removed(candidate, current) > margin
+
+
+def _share_removed(candidate, current) -> float:
+    """The share of the dissimilarity ``current`` leaves (1 - its mean match) that ``candidate`` removes."""
+    return float(candidate.mean() - current.mean()) / max(float((1.0 - current).mean()), 1e-6)
 
 
 def prepare_inputs(frames: np.ndarray, mask: np.ndarray | None, config: "RegistrationConfig", device):
