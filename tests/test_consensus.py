@@ -100,6 +100,18 @@ def test_a_jittering_probe_over_coarse_grain_keeps_its_own_fields():
     assert epe(field.numpy(), truth) < 0.01  # the frames' test alone let 0.04 px through
 
 
+def test_the_stage_judges_frames_blurred_as_the_refinement_blurred_them():
+    # White pixel noise: the refinement blurred both frames before fitting them (refine.denoising_sigma),
+    # and the engine hands the consensus that blur, so that both judge the same frames.
+    moving, fixed, truth = sequence([0.5] * 5, noise=0.08)
+    noisy = torch.from_numpy(truth) + smooth_noise(5, 96, 0.15)
+    blurred = temporal_consensus(noisy.clone(), moving, fixed, settings(blur=0.8))
+    by_hand = temporal_consensus(noisy.clone(), gaussian_smooth(moving, 0.8), gaussian_smooth(fixed, 0.8), settings())
+    assert torch.allclose(blurred, by_hand, atol=1e-6)  # 96 px: judged at full size, so the same frames
+    plain = temporal_consensus(noisy.clone(), moving, fixed, settings())
+    assert (blurred - plain).abs().max() > 0.01  # the blur changes what the frames allow
+
+
 def test_one_pair_a_zero_tolerance_or_a_cancel_leave_the_fields_alone():
     moving, fixed, truth = sequence([0.5] * 3)
     noisy = torch.from_numpy(truth) + smooth_noise(3, 96, 0.15)
@@ -169,9 +181,42 @@ def test_the_engine_ends_with_the_consensus_and_the_paper_preset_has_none(monkey
     assert RegistrationConfig.from_saved(saved) == RegistrationConfig()
     del saved["consensus_tolerance"]
     assert RegistrationConfig.from_saved(saved).consensus_tolerance == 0.0
+    assert RegistrationConfig().consensus_denoise  # a file made before the thirty-seventh session judged unblurred
+    del saved["consensus_denoise"]
+    assert not RegistrationConfig.from_saved(saved).consensus_denoise
     with pytest.raises(ValueError, match="consensus_tolerance"):
         RegistrationConfig(consensus_tolerance=1.0)
     for bad in (-1.0, 0.0):  # the stage is turned off by its tolerance; a zero cap would only hide that
         with pytest.raises(ValueError, match="consensus_max_px"):
             RegistrationConfig(consensus_max_px=bad)
 
+
+
+@pytest.mark.parametrize("denoise", [True, False])
+def test_the_engine_hands_the_consensus_the_refinements_blur(monkeypatch, denoise):
+    from napari_nmsr.core import register as engine
+
+    moving, fixed, _ = sequence([0.5] * 4, size=64, noise=0.08)  # white pixel noise: the refinement blurs
+    frames = torch.cat([moving[:, 0], fixed[-1:, 0]]).clamp(0, 1).numpy()
+    cfg = dict(scales=(0.5, 1.0), steps=(3, 0), encoder=(8, 8), decoder=(8, 8), affine=False, min_scale_px=16,
+               refine_steps=3, refine_fine_steps=0, crop=False, consensus_denoise=denoise)
+    seen = {}
+    refine = engine.refine_fields
+
+    def refine_spy(*args, **kw):
+        seen["refine"] = args[8] if len(args) > 8 else kw.get("blur")
+        return refine(*args, **kw)
+
+    def consensus_spy(field, moving, fixed, settings, check=None):
+        seen["consensus"] = settings.blur
+        return field
+
+    monkeypatch.setattr(engine, "refine_fields", refine_spy)
+    monkeypatch.setattr(engine, "temporal_consensus", consensus_spy)
+    result = register(frames, config=RegistrationConfig(**cfg))
+    assert seen["refine"] == 0.8 == RegistrationConfig().refine_denoise  # the engine decided, the stage blurred
+    assert any("blurred both frames by 0.8 px" in note for note in result.notes)
+    assert seen["consensus"] == (0.8 if denoise else 0.0)
+    # no refinement: nothing was blurred, so the consensus judges the frames as they are
+    register(frames, config=RegistrationConfig(**{**cfg, "refine_steps": 0}))
+    assert seen["consensus"] == 0.0

@@ -101,6 +101,8 @@ _TIPS = {
     "consensus_max_px": "Temporal consensus: where the neighbours' mean moves the field, or the two neighbours "
                         "differ, by this many px or more, the field keeps its own value (motion that changes "
                         "from pair to pair)",
+    "consensus_denoise": "Temporal consensus: judge the frames blurred as the per-pair refinement blurred them "
+                         "(where the noise is white, see refine_denoise), so both stages judge the same frames",
 }
 #: Fields with a fixed set of values: a drop-down.
 _CHOICES = {"regulariser": tuple(REGULARISERS), "refine_interpolation": INTERPOLATIONS}

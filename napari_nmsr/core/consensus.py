@@ -64,11 +64,17 @@ class ConsensusSettings:
     radius: int | tuple[int, ...]  # the match's NCC window radius (the refinement's)
     mode: str  # how frame t is resampled (the refinement's)
     work_px: int  # frames larger than this on the short side are judged at that size (the refinement's)
+    #: Gaussian sigma (work px) both frames are blurred by before they are matched: the refinement's own
+    #: (:func:`.refine.denoising_sigma`, passed by the engine), so that the stage judges the frames the
+    #: refinement fitted (thirty-seventh session); 0: as they are
+    blur: float = 0.0
 
     @classmethod
-    def from_config(cls, config) -> "ConsensusSettings":
+    def from_config(cls, config, blur: float = 0.0) -> "ConsensusSettings":
+        """The config's settings; ``blur``: the refinement's, taken only with ``config.consensus_denoise``."""
         return cls(config.consensus_tolerance, config.consensus_max_px, config.refine_radius,
-                   config.refine_interpolation, config.refine_max_px)
+                   config.refine_interpolation, config.refine_max_px,
+                   float(blur) if config.consensus_denoise else 0.0)
 
 
 def temporal_consensus(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
@@ -107,8 +113,8 @@ def _allowed(own, mean, spread, moving, fixed, work, sigma: float, settings: Con
     """(N, 1, H, W) weight in [0, 1] of the mean field: where it does not clearly lower the match,
     and the change and the neighbours' difference ``spread`` are sub-pixel."""
     h, w = own.shape[-2:]
-    mov = resize_image(moving.float(), work)
-    fix = resize_image(fixed.float(), work)
+    mov = gaussian_smooth(resize_image(moving.float(), work), settings.blur)
+    fix = gaussian_smooth(resize_image(fixed.float(), work), settings.blur)
     means = fixed_means(fix, settings.radius)
     match_own = gaussian_smooth(match_map(warp(mov, resize_field(own, work), settings.mode), fix, settings.radius, means), sigma)
     match_mean = gaussian_smooth(match_map(warp(mov, resize_field(mean, work), settings.mode), fix, settings.radius, means), sigma)

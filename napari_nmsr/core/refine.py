@@ -146,7 +146,8 @@ def _chunks(n: int, size: tuple[int, int], device: torch.device) -> list[slice]:
 
 def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None,
                   settings: RefineSettings, check: Callable[[], None] | None = None,
-                  deforming: torch.Tensor | None = None, notes: list | None = None) -> Iterator[tuple[int, int, float]]:
+                  deforming: torch.Tensor | None = None, notes: list | None = None,
+                  blur: float | None = None) -> Iterator[tuple[int, int, float]]:
     """Refine ``field`` (N, 2, H, W) IN PLACE, pair chunk by chunk; yields (step done, steps in all, loss).
 
     ``moving``/``fixed``: (N, 1, H, W) frames t and t+1; ``mask`` (N, 1, H, W) float weights of the
@@ -156,6 +157,8 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     U-Net scale's field for them); their coarse residual is fitted with ``smoothness_deforming``, their
     fine one with the ``fine_*_deforming`` settings and their neighbours' data (``fine_neighbours``).
     ``notes``: a list the stage appends what it decided to, in words (the blur, :func:`denoising_sigma`).
+    ``blur``: the Gaussian sigma (work px) both frames are blurred by; None: :func:`denoising_sigma` decides
+    (the engine decides first, and passes it, so that the temporal consensus judges the same frames).
     """
     n, _, h, w = field.shape
     work = work_size((h, w), settings.max_px)
@@ -164,7 +167,8 @@ def refine_fields(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor
     chunks = _chunks(n, work, field.device)
     total = len(chunks) * (settings.steps + settings.fine_steps)
     deforming = None if deforming is None else deforming.to(field.device)
-    blur = denoising_sigma(field, moving, fixed, settings, work)
+    if blur is None:
+        blur = denoising_sigma(field, moving, fixed, settings, work)
     if blur and notes is not None:
         notes.append(f"The refinement blurred both frames by {blur:g} px first: the noise between them is white, "
                      "and resampling it would pull the fit.")

@@ -83,6 +83,11 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert widget.registration.config().consensus_tolerance == 0.0
     form["consensus_tolerance"].value = defaults.consensus_tolerance
     assert form["consensus_max_px"].value == defaults.consensus_max_px == 1.0
+    assert form["consensus_denoise"].value is True and defaults.consensus_denoise is True  # a check box
+    assert "refine_denoise" in form["consensus_denoise"].tooltip
+    form["consensus_denoise"].value = False
+    assert widget.registration.config().consensus_denoise is False
+    form["consensus_denoise"].value = True
     # a flagged pair keeps the change it shares with its neighbours: a check box, on by default
     assert form["guard_coherent"].value is True and defaults.guard_coherent is True
     assert "neighbours" in form["guard_coherent"].tooltip
