@@ -32,7 +32,8 @@ For each (row, method): seconds per frame pair, total seconds, peak memory
 (peak resident set above the level before the method, torch included; see
 ``bench_registration.Cost``) and accuracy. NMSR runs the default preset
 through the same ``register()`` the CLI and GUI call, after the same time
-estimate they print ("est s" column).
+estimate they print ("est s" column; "up to": with the most the last U-Net scale's extension adds,
+which the estimate states apart; "ext": whether this run's last U-Net scale did train on).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def apical_cine(n_frames: int = 45, size=(768, 1024), seed: int = 0):
 
 
 def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None):
-    """(fields (T-1, 2, H, W), mean CC or None, estimate s or None).
+    """(fields (T-1, 2, H, W), mean CC or None, :class:`Estimate` or None, whether the last U-Net scale
+    trained on past its steps (the extension the estimate states apart) or None).
 
     ``overrides``: RegistrationConfig keywords for the NMSR methods;
     ``scale_seconds``: a list that receives each finished scale's seconds."""
@@ -149,16 +151,19 @@ def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None
     except ImportError:
         pass
     if not method.startswith("nmsr"):
-        return BASELINES[method](frames), None, None
+        return BASELINES[method](frames), None, None, None
     from napari_nmsr.core.estimate import estimate_seconds
     from napari_nmsr.core.register import RegistrationConfig, register
 
     config = RegistrationConfig(**{**(BEFORE if method == "nmsr_before" else {}), **(overrides or {})})
-    est = estimate_seconds(frames, mask, config).total_s
+    est = estimate_seconds(frames, mask, config)
     on_scale = None if scale_seconds is None else (lambda done: scale_seconds.append(done.seconds))
     res = register(frames, mask=mask, config=config, on_scale=on_scale)
     torch.set_num_threads(n)
-    return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est
+    # the run's notes say when the last U-Net scale trained on (its step count alone cannot: it may have
+    # stopped early before it did)
+    extended = any("so it trained on" in note for note in res.notes)
+    return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est, extended
 
 
 def main(argv=None) -> int:
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
     print(f"engine device: {describe_device(device)}; torch {torch.__version__}; overrides {overrides or 'none'}", flush=True)
 
     rows = []
-    header = f"{'row':<14} {'T x H x W':>14} {'method':<10} {'thr':>3} {'s/pair':>8} {'total s':>8} {'est s':>6} {'peak MB':>8} {'EPE px':>7} {'mean CC':>8}" + ("  dev MB  s per scale" if on_gpu else "")
+    header = f"{'row':<14} {'T x H x W':>14} {'method':<10} {'thr':>3} {'s/pair':>8} {'total s':>8} {'est s':>6} {'up to':>6} {'ext':>3} {'peak MB':>8} {'EPE px':>7} {'mean CC':>8}" + ("  dev MB  s per scale" if on_gpu else "")
     print(header, flush=True)
     for row in args.rows.split(","):
         frames, mask, truth, threads = make_row(row)
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
             release_host_memory()
             try:
                 with Cost(trace_python=False) as cost:  # timed as users run it (no tracemalloc)
-                    fields, cc, est = run_method(method, frames, mask, threads, overrides, scale_s)
+                    fields, cc, est, extended = run_method(method, frames, mask, threads, overrides, scale_s)
             except BaselineUnavailable as exc:
                 print(f"{row:<14} {method:<10} skipped: {exc}", flush=True)
                 continue
@@ -216,13 +221,17 @@ def main(argv=None) -> int:
                 epe = float(np.hypot(fields[:, 0] - truth[:, 0], fields[:, 1] - truth[:, 1])[m].mean())
             r = {"row": row, "shape": [t, h, w], "method": method, "threads": threads or default_threads(),
                  "s_per_pair": cost.wall / (t - 1), "total_s": cost.wall, "cpu_s": cost.cpu,
-                 "estimate_s": est, "peak_mb": cost.rss_peak_delta_mb, "epe": epe, "mean_cc": cc,
+                 "estimate_s": None if est is None else est.total_s,
+                 "estimate_max_s": None if est is None else est.total_s + est.extend_s, "extended": extended,
+                 "peak_mb": cost.rss_peak_delta_mb, "epe": epe, "mean_cc": cc,
                  "sequence_mb": frames.nbytes / 2**20, "device": describe_device(device),
                  "overrides": {k: str(v) for k, v in overrides.items()}, "scale_s": scale_s,
                  "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None}
             rows.append(r)
             print(f"{row:<14} {f'{t}x{h}x{w}':>14} {method:<10} {r['threads']:>3} {r['s_per_pair']:>8.3f} "
-                  f"{r['total_s']:>8.1f} {'' if est is None else format(est, '.0f'):>6} {r['peak_mb']:>8.0f} "
+                  f"{r['total_s']:>8.1f} {'' if est is None else format(est.total_s, '.0f'):>6} "
+                  f"{'' if est is None else format(est.total_s + est.extend_s, '.0f'):>6} "
+                  f"{'' if extended is None else 'yes' if extended else 'no':>3} {r['peak_mb']:>8.0f} "
                   f"{'' if epe is None else format(epe, '.3f'):>7} {'' if cc is None else format(cc, '.4f'):>8}"
                   + (f" {r['device_peak_mb']:>7.0f}  {'/'.join(format(x, '.1f') for x in scale_s)}" if on_gpu else ""), flush=True)
     print("\nratios (same run):")
