@@ -153,6 +153,36 @@ def test_affine_stage_starts_a_fast_turn_of_a_speckle_disk_from_the_best_turn():
     assert max(errors) < 0.3
 
 
+def test_a_pair_whose_fit_was_missed_takes_a_neighbours_affine_field_where_it_matches_clearly_better():
+    # Held-out disk 679872090 (0.31 rad per frame): one pair's best turn was just below the start's bar,
+    # it kept no turn and ended 12.4 px off while its neighbours turned with the disk. The pairs before
+    # and after are starts its frames can judge; probe motion that turns back keeps its own.
+    from napari_nmsr.core.global_motion import _neighbours_where_better, _top_level
+
+    torch.set_num_threads(1)
+    w = 0.2
+    turns = {s: affine_field(96, 96, (0.0, 0.0), ((np.cos(s * w) - 1, np.sin(s * w)), (-np.sin(s * w), np.cos(s * w) - 1)),
+                             (48, 48)) for s in (1, -1)}
+    mask = torch.zeros(3, 1, 96, 96)
+    mask[..., 24:72, 24:72] = 1
+    for senses in ((1, 1, 1), (1, -1, 1)):
+        frames = [torch.from_numpy(speckle(96, seed=3, sigma=1.5))[None, None]]
+        for s in senses:
+            frames.append(warp(frames[-1], turns[s]))
+        frames = torch.cat(frames)
+        truth = torch.cat([turns[s] for s in senses]).float()
+        top = _top_level(frames[:-1], frames[1:], mask)
+        assert torch.equal(_neighbours_where_better(truth, 6, top), truth)  # nothing was missed: unchanged
+        missed = truth.clone()
+        missed[1] = 0.0  # the middle pair's fit found no motion
+        out = _neighbours_where_better(missed, 6, top)
+        assert torch.equal(out[[0, 2]], truth[[0, 2]])
+        if senses[1] == 1:
+            assert torch.equal(out[1], truth[0])  # the neighbours' turn, which its frames show
+        else:
+            assert torch.equal(out[1], missed[1])  # the neighbours turn the other way: it keeps its own
+
+
 def test_turn_start_leaves_small_turns_and_unrelated_frames_at_no_turn():
     from napari_nmsr.core.global_motion import _rotation_start
 
