@@ -16,7 +16,8 @@ the image centre) so that translation and rotation are well separated. The
 fit starts from phase correlation's translation and from the best of a set of
 turns where they match clearly better (moves and turns beyond the pyramid's
 capture from no motion). A pair whose fitted affine matches worse than no
-motion keeps no motion.
+motion keeps no motion, and one whose fit matches clearly worse than a
+neighbouring pair's affine field takes that field (its start was missed).
 """
 
 from __future__ import annotations
