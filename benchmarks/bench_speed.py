@@ -153,7 +153,7 @@ def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None
     if not method.startswith("nmsr"):
         return BASELINES[method](frames), None, None, None
     from napari_nmsr.core.estimate import estimate_seconds
-    from napari_nmsr.core.register import RegistrationConfig, register
+    from napari_nmsr.core.register import TRAINED_ON, RegistrationConfig, register
 
     config = RegistrationConfig(**{**(BEFORE if method == "nmsr_before" else {}), **(overrides or {})})
     est = estimate_seconds(frames, mask, config)
@@ -162,7 +162,7 @@ def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None
     torch.set_num_threads(n)
     # the run's notes say when the last U-Net scale trained on (its step count alone cannot: it may have
     # stopped early before it did)
-    extended = any("so it trained on" in note for note in res.notes)
+    extended = any(TRAINED_ON in note for note in res.notes)
     return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est, extended
 
 

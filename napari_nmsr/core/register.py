@@ -883,7 +883,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     # session: tuning vortex 31 0.739 -> 0.145 px only with the scale's Adam, held-out 634169988 0.36 px
     # only with a fresh one).
     name = "full-size" if scales[k] >= 1 else f"1/{1 / scales[k]:g}"
-    said = f"The {name} scale's {step} steps left the match where it was, so it trained on"
+    said = f"The {name} scale's {step} steps left the match where it was, {TRAINED_ON}"
     weights = copy.deepcopy(net.state_dict())
     chosen = first
     for attempt, own in enumerate((None, optimiser)):
@@ -931,6 +931,8 @@ def _extend(net, data, first, field, moving, mask, more, optimiser, step, config
     return longer, f"for {more} more steps, kept: they removed {gained:.0%} of the dissimilarity left", extra_step
 
 
+#: How the run's note says that the last U-Net scale trained past its steps (read by benchmarks/bench_speed.py).
+TRAINED_ON = "so it trained on"
 #: Why an extension's field is not the sequence's motion (:func:`_turns_alike`), in the run's notes.
 _OWN_WAY = "their change differed from pair to pair (each pair's speckle, not the sequence's motion)"
 
