@@ -70,9 +70,10 @@ class WorkflowWidget(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
-        # no horizontal scrolling: the dock is at least as wide as the widest section needs (nothing cut off)
-        needed = body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4
-        self.setMinimumWidth(max(360, needed))
+        self._body, self._scroll = body, scroll
+        self._fit_width()
+        # a section shown or hidden (the advanced form's long labels) changes the width needed: refit then
+        body.installEventFilter(self)
 
         self.session_save_button = QPushButton("Save session...")
         self.session_open_button = QPushButton("Open session...")
@@ -96,6 +97,12 @@ class WorkflowWidget(QWidget):
             self.analysis.map_shown.connect(self.display.avoid_map_colours)
         self._on_sequence_changed(self.state.image_layer)
         QApplication.instance().aboutToQuit.connect(self.shutdown)
+
+    def _fit_width(self) -> None:
+        """No horizontal scrolling: the dock is at least as wide as the widest shown section needs."""
+        needed = self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 4
+        if max(360, needed) != self.minimumWidth():
+            self.setMinimumWidth(max(360, needed))
 
     # ------------------------------------------------------------------ wiring
     def _on_sequence_changed(self, layer) -> None:
@@ -172,6 +179,8 @@ class WorkflowWidget(QWidget):
     def eventFilter(self, obj, event) -> bool:
         if obj is self._watched and event.type() == QEvent.Type.Close:
             self.shutdown()
+        elif obj is self._body and event.type() == QEvent.Type.LayoutRequest:
+            self._fit_width()
         return False
 
     def closeEvent(self, event) -> None:

@@ -144,3 +144,27 @@ def test_steps_text_takes_zero_to_skip_a_scale_and_refuses_negative_steps(make_n
     reg.steps.setText("150, -1, 100, 0")
     with pytest.raises(ValueError, match="0 or more"):
         reg.config()
+
+
+def test_the_open_advanced_form_fits_the_dock_without_cutting_off_its_boxes(make_napari_viewer, qtbot):
+    # Its long labels ("refine fine smoothness deforming") widen the form: opening it widens the dock,
+    # so every box's right edge (a spin box's "+") stays inside the scroll area's viewport.
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_panel(viewer)
+    qtbot.wait(50)
+    closed_width = widget.minimumWidth()
+    widget.registration.advanced_toggle.setChecked(True)
+    qtbot.wait(50)
+    assert widget.minimumWidth() > closed_width
+    viewport = widget.findChild(QScrollArea).viewport()
+    form = widget.registration.advanced
+    for name in ("refine_fine_smoothness_deforming", "refine_smoothness", "consensus_tolerance"):
+        box = form[name].native
+        right = box.mapTo(viewport, QPoint(box.width(), 0)).x()
+        assert right <= viewport.width(), f"{name}: right edge {right} beyond the viewport's {viewport.width()}"
+    widget.registration.advanced_toggle.setChecked(False)
+    qtbot.wait(50)
+    assert widget.minimumWidth() == closed_width
