@@ -229,8 +229,8 @@ def main(argv=None) -> int:
                  "device_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if on_gpu else None}
             rows.append(r)
             print(f"{row:<14} {f'{t}x{h}x{w}':>14} {method:<10} {r['threads']:>3} {r['s_per_pair']:>8.3f} "
-                  f"{r['total_s']:>8.1f} {'' if est is None else format(est.total_s, '.0f'):>6} "
-                  f"{'' if est is None else format(est.total_s + est.extend_s, '.0f'):>6} "
+                  f"{r['total_s']:>8.1f} {'' if est is None else format(r['estimate_s'], '.0f'):>6} "
+                  f"{'' if est is None else format(r['estimate_max_s'], '.0f'):>6} "
                   f"{'' if extended is None else 'yes' if extended else 'no':>3} {r['peak_mb']:>8.0f} "
                   f"{'' if epe is None else format(epe, '.3f'):>7} {'' if cc is None else format(cc, '.4f'):>8}"
                   + (f" {r['device_peak_mb']:>7.0f}  {'/'.join(format(x, '.1f') for x in scale_s)}" if on_gpu else ""), flush=True)

@@ -100,9 +100,9 @@ class WorkflowWidget(QWidget):
 
     def _fit_width(self) -> None:
         """No horizontal scrolling: the dock is at least as wide as the widest shown section needs."""
-        needed = self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 4
-        if max(360, needed) != self.minimumWidth():
-            self.setMinimumWidth(max(360, needed))
+        needed = max(360, self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 4)
+        if needed != self.minimumWidth():
+            self.setMinimumWidth(needed)
 
     # ------------------------------------------------------------------ wiring
     def _on_sequence_changed(self, layer) -> None:

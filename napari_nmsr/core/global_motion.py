@@ -185,11 +185,12 @@ def _neighbours_where_better(field: torch.Tensor, radius: int, top) -> torch.Ten
 
     own = match(field)
     best, out = own.clone(), field.clone()
+    pairs = torch.arange(n, device=field.device)
     for step in (-1, 1):
-        index = (torch.arange(n, device=field.device) + step).clamp(0, n - 1)
+        index = (pairs + step).clamp(0, n - 1)
         candidate = field[index]
         score = match(candidate)
-        better = (score >= own + NEIGHBOUR_GAIN * (1.0 - own)) & (score > best) & (index != torch.arange(n, device=field.device))
+        better = (score >= own + NEIGHBOUR_GAIN * (1.0 - own)) & (score > best) & (index != pairs)
         out[better] = candidate[better]
         best = torch.where(better, score, best)
     return out
