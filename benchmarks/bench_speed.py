@@ -32,8 +32,8 @@ For each (row, method): seconds per frame pair, total seconds, peak memory
 (peak resident set above the level before the method, torch included; see
 ``bench_registration.Cost``) and accuracy. NMSR runs the default preset
 through the same ``register()`` the CLI and GUI call, after the same time
-estimate they print ("est s" column; "up to": with the most the last U-Net scale's extension adds,
-which the estimate states apart; "ext": whether this run's last U-Net scale did train on).
+estimate they print ("est s" column; "up to": with the most the U-Net scales' extensions add,
+which the estimate states apart; "ext": whether some U-Net scale of this run did train on).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def apical_cine(n_frames: int = 45, size=(768, 1024), seed: int = 0):
 
 
 def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None):
-    """(fields (T-1, 2, H, W), mean CC or None, :class:`Estimate` or None, whether the last U-Net scale
+    """(fields (T-1, 2, H, W), mean CC or None, :class:`Estimate` or None, whether some U-Net scale
     trained on past its steps (the extension the estimate states apart) or None).
 
     ``overrides``: RegistrationConfig keywords for the NMSR methods;
@@ -160,7 +160,7 @@ def run_method(method, frames, mask, threads, overrides=None, scale_seconds=None
     on_scale = None if scale_seconds is None else (lambda done: scale_seconds.append(done.seconds))
     res = register(frames, mask=mask, config=config, on_scale=on_scale)
     torch.set_num_threads(n)
-    # the run's notes say when the last U-Net scale trained on (its step count alone cannot: it may have
+    # the run's notes say when a U-Net scale trained on (its step count alone cannot: it may have
     # stopped early before it did)
     extended = any(TRAINED_ON in note for note in res.notes)
     return res.fields[-1], float(np.nanmean(res.metrics["mean_cc"][-1])), est, extended

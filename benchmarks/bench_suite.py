@@ -257,6 +257,7 @@ def _run_nmsr(seq: SimulatedSequence, family: str, seed: int, overrides: dict) -
     row.update(status="ok", size=int(seq.frames.shape[-1]), n_frames=int(seq.frames.shape[0]),
                s_per_pair=wall / n, cpu_s_per_pair=cpu / n,
                **evaluate(seq, np.asarray(res.fields[-1], np.float32)))
+    row["notes"] = list(res.notes)  # what the engine decided beyond its plan (an extended scale, a blur)
     return row
 
 

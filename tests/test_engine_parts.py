@@ -450,7 +450,12 @@ def test_estimate_states_the_most_the_extension_adds(monkeypatch):
     assert estimate_seconds(frames, None, RegistrationConfig(extend_steps=0, **cfg)).extend_s == 0.0
     assert estimate_seconds(frames, None, RegistrationConfig(extend_steps=40, guard=False, **cfg)).extend_s == 0.0
     assert estimate_seconds(frames[:2], None, RegistrationConfig(extend_steps=40, **cfg)).extend_s == 0.0  # one pair
-    assert str(Estimate(20.0, [20.0], 1.0, 15.0)) == "about 20 s on this machine (up to 35 s if the last scale trains on)"
+    # an earlier trained scale may train on once after the guard rejected pairs before it (extend_after_rejects)
+    three = dict(cfg, scales=(0.25, 0.5, 1.0), steps=(4, 4, 2))
+    assert estimate_seconds(frames, None, RegistrationConfig(extend_steps=40, **three)).extend_s == pytest.approx(1.2)
+    assert estimate_seconds(frames, None, RegistrationConfig(extend_steps=40, extend_after_rejects=False,
+                                                             **three)).extend_s == pytest.approx(0.8)
+    assert str(Estimate(20.0, [20.0], 1.0, 15.0)) == "about 20 s on this machine (up to 35 s if a scale trains on)"
     assert str(Estimate(20.0, [20.0], 1.0, 0.5)) == "about 20 s on this machine"  # no difference once rounded
 
 
@@ -1154,6 +1159,9 @@ def test_per_scale_smoothness_reaches_each_scales_loss(monkeypatch):
     saved = RegistrationConfig().to_dict()
     del saved["extend_steps"]  # a thirty-fourth-session file: no scale trained past its steps
     assert RegistrationConfig.from_saved(saved) == RegistrationConfig(extend_steps=0)
+    saved = RegistrationConfig().to_dict()
+    del saved["extend_after_rejects"]  # a thirty-eighth-session file: only the last U-Net scale trained on
+    assert RegistrationConfig.from_saved(saved) == RegistrationConfig(extend_after_rejects=False)
     assert (old.refine_fine_smoothness_deforming, old.refine_fine_gain_deforming) == (80.0, 0.2)
 
 

@@ -438,3 +438,47 @@ def test_a_refused_extension_trains_again_with_the_optimiser_of_the_scales_own_s
     # both extensions start from the weights the scale's own steps left
     assert all(torch.equal(a, b) for a, b in zip(starts[1], starts[2]))
     assert not all(torch.equal(a, b) for a, b in zip(starts[0], starts[1]))
+
+
+def _rejected_at_first_scale_run(monkeypatch, **kw):
+    """A run of three trained scales whose guard rejects every pair's field at the first, and whose
+    extensions the frames refuse; returns (each optimise_scale call's (steps, fresh Adam?), final field)."""
+    import torch
+
+    frames, _ = moving_sequence("translation")
+    calls = []
+    real_optimise, real_guard = engine.optimise_scale, engine._guard
+
+    def spy(net, data, n_steps, *args, optimiser=None, **kwargs):
+        calls.append((n_steps, optimiser is None))
+        return real_optimise(net, data, n_steps, *args, optimiser=optimiser, **kwargs)
+
+    def guard(*args, **kwargs):
+        match, worse = real_guard(*args, **kwargs)
+        return (match, torch.ones_like(worse)) if len(calls) == 1 else (match, worse)
+
+    monkeypatch.setattr(engine, "optimise_scale", spy)
+    monkeypatch.setattr(engine, "_guard", guard)
+    monkeypatch.setattr(engine, "_wants_more_steps", lambda *a: True)  # every scale's steps left the match
+    monkeypatch.setattr(engine, "_clearly_better", lambda *a: False)  # the frames refuse every extension
+    result = register(frames, config=small_config(steps=(10, 10, 10), affine=False, lr=3e-4, extend_steps=30,
+                                                  **kw))
+    return calls, result.final_field
+
+
+def test_a_scale_after_rejected_pairs_trains_on_once_and_a_refused_try_hands_on_its_own_network(monkeypatch):
+    """With ``extend_after_rejects`` the scale after one whose guard rejected some pair trains on (one try,
+    a fresh Adam); the frames refusing it, the next scale starts from the network that scale's own steps
+    left, so the run ends where it would have ended without the try."""
+    calls, field = _rejected_at_first_scale_run(monkeypatch)
+    # first scale: its steps (never extended: nothing before it); second: its steps and one fresh try;
+    # last: its steps and two tries (a fresh Adam, then the scale's own)
+    assert calls == [(10, False), (10, False), (30, True), (10, False), (30, True), (30, False)]
+    plain_calls, plain_field = _rejected_at_first_scale_run(monkeypatch, extend_after_rejects=False)
+    assert plain_calls == [(10, False), (10, False), (10, False), (30, True), (30, False)]
+    assert np.array_equal(field, plain_field)
+    assert RegistrationConfig().extend_after_rejects  # the default
+    assert not engine.extends(RegistrationConfig(), 1, 4, after_rejects=False)
+    assert engine.extends(RegistrationConfig(), 1, 4, after_rejects=True)
+    assert not engine.extends(RegistrationConfig(), 0, 4, after_rejects=True)  # the first trained scale
+    assert not engine.extends(RegistrationConfig(), 1, 1, after_rejects=True)  # one pair: no neighbours

@@ -86,10 +86,13 @@ _TIPS = {
     "early_checkpoint": "Guard: the finest U-Net scale that trains keeps a copy of its network at this share of "
                         "its steps; a pair takes the copy's field unless the later steps clearly raise its match or "
                         "change it as they change its neighbours (0 = off)",
-    "extend_steps": "The last U-Net scale trains this many more steps when its own left the match where it was "
-                    "(a fast vortex caught late); their field is kept only on a clear gain (0 = never)",
-    "extend_gain": "Extension: the last U-Net scale trains more when it removed less than this share of the "
+    "extend_steps": "The last U-Net scale (and see extend_after_rejects) trains this many more steps when its "
+                    "own left the match where it was (a fast vortex caught late); their field is kept only on a "
+                    "clear gain (0 = never)",
+    "extend_gain": "Extension: a U-Net scale trains more when it removed less than this share of the "
                    "dissimilarity (1 - match) over all pairs",
+    "extend_after_rejects": "Extension: an earlier U-Net scale may train more too (once) when the guard rejected "
+                            "some pair's field at the scale before it (a fast vortex the coarsest scale missed)",
     "extend_margin": "Extension: the longer-trained field is kept only when it removes at least this share of the "
                      "dissimilarity the first one left",
     "extend_coherence": "Extension: the longer-trained field is kept only when the median pair's change "

@@ -8,9 +8,9 @@ steps of the affine stage timed one by one, the preparation of the frames,
 and the full-resolution work that closes every
 scale (composing and warping every pair, the guard, the metrics, the
 copy into the result), then multiplies by the planned step counts and
-frame pairs. Early stopping can only make the run shorter; the last U-Net
-scale's extension (``extend_steps``, which runs only where that scale found
-nothing) can make it longer, and is stated apart as the most it adds. The
+frame pairs. Early stopping can only make the run shorter; the U-Net scales'
+extensions (``extend_steps``, which run only where a scale found nothing)
+can make it longer, and are stated apart as the most they add. The
 refinement's fine pass is timed as a pair's whose motion is more than affine
 (the most it costs). On the benchmark rows (benchmarks/bench_speed.py, "est s"
 and "up to" against "total s"; thirty-seventh session, two threads) the total is
@@ -36,9 +36,10 @@ __all__ = ["Estimate", "estimate_seconds"]
 class Estimate:
     """Seconds expected for a run: total and per stage (preparing the frames and the affine stage, one
     entry per scale, then the refinement when on; the temporal consensus counts in the last entry).
-    ``extend_s``: the most the last U-Net scale's extensions add when both run all their steps (they start
-    only where that scale's own steps found nothing, the second only where the frames refuse the first,
-    and each stops early where its change is no motion); not in ``total_s``."""
+    ``extend_s``: the most the U-Net scales' extensions add when all run all their steps (they start
+    only where a scale's own steps found nothing, an earlier scale's only after the guard rejected some pair
+    at the scale before it, the last scale's second only where the frames refuse its first, and each stops
+    early where its change is no motion); not in ``total_s``."""
 
     total_s: float
     stages_s: list[float]
@@ -48,7 +49,7 @@ class Estimate:
     def __str__(self) -> str:
         about, most = _round(self.total_s), _round(self.total_s + self.extend_s)
         if most > about:
-            return f"about {about} s on this machine (up to {most} s if the last scale trains on)"
+            return f"about {about} s on this machine (up to {most} s if a scale trains on)"
         return f"about {about} s on this machine"
 
 
@@ -121,9 +122,11 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
         if engine.extends(config, k, n_pairs):
             # every step, a look at the field at each check, and the longer field settled again (with a warp);
-            # twice when the frames refuse the first extension (register._train_scale)
+            # twice at the last trained scale when the frames refuse the first extension, once at an earlier
+            # one (register._train_scale)
+            tries = 2 if engine._last_trained(k, config) else 1
             checks = -(-config.extend_steps // engine.EXTEND_CHECK_EVERY)
-            extend_s = 2 * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
+            extend_s += tries * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
         if engine.checkpoint_step(config, k):
             stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
                 * n_pairs / moving.shape[0]

@@ -112,6 +112,11 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["extend_steps"].value = 0
     assert widget.registration.config().extend_steps == 0
     form["extend_steps"].value = defaults.extend_steps
+    # an earlier scale trains on too after the guard rejected pairs before it: a check box, on by default
+    assert form["extend_after_rejects"].value is True and "rejected" in form["extend_after_rejects"].tooltip
+    form["extend_after_rejects"].value = False
+    assert widget.registration.config().extend_after_rejects is False
+    form["extend_after_rejects"].value = True
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
