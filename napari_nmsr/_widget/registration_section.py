@@ -130,7 +130,7 @@ class RegistrationSection(QGroupBox):
         self.estimate_button = QPushButton("Estimate time")
         self.estimate_button.setToolTip("Time a few steps on this sequence (about a second) and say how long Run will take")
         self.estimate_label = QLabel("")
-        self.estimate_label.setWordWrap(True)  # "(up to N s if the last scale trains on)" runs past the panel's width
+        self.estimate_label.setWordWrap(True)  # "(up to N s if a scale trains on)" runs past the panel's width
         self._estimate_worker = None
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
