@@ -232,8 +232,8 @@ class RegistrationConfig:
     judged the same way) when the scale trained before it had some pair's field rejected by the guard; a
     refused try leaves the next scale the network its own steps left. A fast 512 px vortex whose 1/8 scale
     was rejected in three of five pairs is caught at the 1/4 scale within 100 steps from one start and not
-    from another (thirty-eighth session: held-out 528972487, 0.138 px against 0.764 at engine seed 1;
-    DIS 0.217); the 1/2 scale cannot catch it later. On the 48 tuning cases it trains on in 38 and is kept
+    from another (held-out 528972487, lost at engine seed 1 in the thirty-eighth session: 0.764 px without,
+    0.138 with, DIS 0.217; thirty-ninth session); the 1/2 scale cannot catch it later. On the 48 tuning cases it trains on in 38 and is kept
     in none (bit-identical fields); it costs 3-7 % on the benchmark cines (benchmarks/README.md).
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
