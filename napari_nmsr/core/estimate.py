@@ -122,11 +122,9 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
         stages.append(step_s * config.steps_for(k) + infer_s + finish_s)
         if engine.extends(config, k, n_pairs):
             # every step, a look at the field at each check, and the longer field settled again (with a warp);
-            # twice at the last trained scale when the frames refuse the first extension, once at an earlier
-            # one (register._train_scale)
-            tries = 2 if engine._last_trained(k, config) else 1
+            # for each of the scale's tries (register.extension_tries)
             checks = -(-config.extend_steps // engine.EXTEND_CHECK_EVERY)
-            extend_s += tries * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
+            extend_s += engine.extension_tries(config, k) * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
         if engine.checkpoint_step(config, k):
             stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
                 * n_pairs / moving.shape[0]

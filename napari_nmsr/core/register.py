@@ -233,8 +233,9 @@ class RegistrationConfig:
     refused try leaves the next scale the network its own steps left. A fast 512 px vortex whose 1/8 scale
     was rejected in three of five pairs is caught at the 1/4 scale within 100 steps from one start and not
     from another (held-out 528972487, lost at engine seed 1 in the thirty-eighth session: 0.764 px without,
-    0.138 with, DIS 0.217; thirty-ninth session); the 1/2 scale cannot catch it later. On the 48 tuning cases it trains on in 38 and is kept
-    in none (bit-identical fields); it costs 3-7 % on the benchmark cines (benchmarks/README.md).
+    0.138 with, DIS 0.217; thirty-ninth session); the 1/2 scale cannot catch it later. On the 48 tuning
+    cases it trains on in 38 and is kept in none (bit-identical fields); it costs 3-7 % on the benchmark
+    cines (benchmarks/README.md).
     ``refine_*``: the last stage (:mod:`napari_nmsr.core.refine`): each pair's
     composed field gets a smooth residual on a grid of ``refine_grid`` of the
     frame, fitted for ``refine_steps`` Adam steps (0: no refinement) to the
@@ -897,9 +898,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     said = f"The {name} scale's {step} steps left the match where it was, {TRAINED_ON}"
     weights = copy.deepcopy(net.state_dict())
     chosen = first
-    # (an earlier scale, which the later ones still refine, tries once: with a fresh Adam)
-    tries = (None, optimiser) if _last_trained(k, config) else (None,)
-    for attempt, own in enumerate(tries):
+    for attempt, own in enumerate((None, optimiser)[: extension_tries(config, k)]):
         if attempt:
             net.load_state_dict(weights)  # in place: the scale's Adam still holds these parameters
             said += "; again from there with the optimiser of its own steps"
@@ -911,7 +910,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
                 longer.field = out.copy_(longer.field)
             chosen = longer
             break
-    if chosen is first and not _last_trained(k, config):
+    if chosen is first and extension_tries(config, k) == 1:  # an earlier scale's try, refused
         net.load_state_dict(weights)  # the next scale starts from the network its own steps left
     if notes is not None:
         notes.append(said + ".")
@@ -976,6 +975,13 @@ def extends(config, k: int, n_pairs: int, after_rejects: bool | None = None) -> 
     trained_before = any(config.steps_for(i) > 0 for i in range(k))
     return bool(config.extend_after_rejects and config.steps_for(k) > 0 and trained_before
                 and (after_rejects is None or after_rejects))
+
+
+def extension_tries(config, k: int) -> int:
+    """How many times scale ``k`` trains on when :func:`extends` lets it (:func:`_train_scale`): the last trained
+    U-Net scale twice (a fresh Adam, then its own where the frames refuse the first); an earlier one, which
+    the later scales still refine, once (a fresh Adam)."""
+    return 2 if _last_trained(k, config) else 1
 
 
 def _warp_float(moving, field):
