@@ -393,6 +393,21 @@ def test_pairs_that_turn_alike_are_told_from_pairs_fitted_each_its_own_way():
     assert not engine._turns_alike(alike[:1], zero[:1], None, 0.7)  # one pair: no neighbours to show it
 
 
+def test_by_default_a_try_half_shared_half_its_own_is_stopped():
+    """The shared DICOM's tries at the 1/2 scale changed their pairs alike by 0.72-0.75 at the first check
+    and ran all their steps for nothing at the old threshold (0.7); every kept try read 0.946 or more."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(1, 2, 64, 64, generator=g)
+    mixed = shared.repeat(5, 1, 1, 1) + 0.65 * torch.randn(5, 2, 64, 64, generator=g)  # correlation ~0.75
+    zero = torch.zeros(5, 2, 64, 64)
+    assert engine._turns_alike(mixed, zero, None, 0.7)
+    assert not engine._turns_alike(mixed, zero, None, RegistrationConfig().extend_coherence)
+    assert engine._turns_alike(shared.repeat(5, 1, 1, 1) + 0.2 * torch.randn(5, 2, 64, 64, generator=g), zero,
+                               None, RegistrationConfig().extend_coherence)  # ~0.96, the lowest kept try
+
+
 def test_an_extension_goes_on_with_the_scales_own_optimiser():
     """Ten steps and ten more on the same Adam are twenty steps; a fresh Adam's first steps move every
     weight by the learning rate at once (a tuning vortex the scale had begun to find was lost so)."""

@@ -97,7 +97,7 @@ _TIPS = {
                      "dissimilarity the first one left",
     "extend_coherence": "Extension: the longer-trained field is kept only when the median pair's change "
                         "correlates with its neighbours' by at least this (a vortex turns alike in every pair; a fit "
-                        "to decorrelated speckle does not)",
+                        "to decorrelated speckle does not); the training stops at the first check below it",
     "consensus_tolerance": "Temporal consensus at the end: each pair's field takes the mean of its own and its "
                            "neighbours' where that costs at most this share of the local dissimilarity (1 - match) "
                            "(0 = off)",
