@@ -124,7 +124,8 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
             # every step, a look at the field at each check, and the longer field settled again (with a warp);
             # for each of the scale's tries (register.extension_tries)
             checks = -(-config.extend_steps // engine.EXTEND_CHECK_EVERY)
-            extend_s += engine.extension_tries(config, k) * (step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s)
+            per_try = step_s * config.extend_steps + infer_s * (checks + 1) + finish_s + start_s
+            extend_s += engine.extension_tries(config, k) * per_try
         if engine.checkpoint_step(config, k):
             stages[-1] += _checkpoint_seconds(data, net, batch, use_amp, moving, fixed, mask_full, config, device) \
                 * n_pairs / moving.shape[0]

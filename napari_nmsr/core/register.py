@@ -913,8 +913,8 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
                 longer.field = out.copy_(longer.field)
             chosen = longer
             break
-    if chosen is first and extension_tries(config, k) == 1:  # an earlier scale's try, refused
-        net.load_state_dict(weights)  # the next scale starts from the network its own steps left
+    if chosen is first and not _last_trained(k, config):  # an earlier scale's try, refused: the next
+        net.load_state_dict(weights)  # scale starts from the network this scale's own steps left
     if notes is not None:
         notes.append(said + ".")
     return chosen
