@@ -1,6 +1,7 @@
 """The NMSR engine: recovery of known motion, variants, cancellation, OOM, results."""
 
 import numpy as np
+import torch
 import pytest
 from scipy import ndimage
 
@@ -497,3 +498,71 @@ def test_a_scale_after_rejected_pairs_trains_on_once_and_a_refused_try_hands_on_
     assert engine.extends(RegistrationConfig(), 1, 4, after_rejects=True)
     assert not engine.extends(RegistrationConfig(), 0, 4, after_rejects=True)  # the first trained scale
     assert not engine.extends(RegistrationConfig(), 1, 1, after_rejects=True)  # one pair: no neighbours
+
+
+def test_the_unet_loss_window_is_the_scales_own(monkeypatch):
+    """``loss_radius`` reaches each scale's training (and only its loss: the guard keeps ``ncc_radius``);
+    the default narrows the 1/2 scale's window (a fast-turning vortex core), the paper's keeps 6 px."""
+    default = RegistrationConfig()
+    assert [default.loss_radius_for(k) for k in range(4)] == [6, 6, 4, 6] and default.ncc_radius == 6
+    assert RegistrationConfig(**engine.PRESETS["paper"]).loss_radius == 6
+    assert RegistrationConfig(variant="nmsr", loss_radius=(6, 5, 3)).loss_radius_for(0) == 3  # one scale: the last
+    for bad in (0, (6, 0, 4), ()):
+        with pytest.raises(ValueError, match="loss_radius"):
+            RegistrationConfig(loss_radius=bad)
+    saved = default.to_dict()  # a result made before the setting: the window ncc_radius at every scale
+    del saved["loss_radius"]
+    saved["ncc_radius"] = 5
+    assert RegistrationConfig.from_saved(saved).loss_radius == 5
+
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    radii = []
+    real_loss = engine.ncc_loss
+
+    def spy(warped, fixed, radius, mask=None):
+        radii.append((tuple(warped.shape[-2:]), radius))
+        return real_loss(warped, fixed, radius, mask)
+
+    monkeypatch.setattr(engine, "ncc_loss", spy)
+    register(frames, config=small_config(steps=2, loss_radius=(2, 3, 5), min_scale_px=12))
+    assert [r for _, r in radii] == [2, 2, 3, 3, 5, 5]
+    assert [s for s, _ in radii[::2]] == [(12, 12), (24, 24), (48, 48)]
+
+
+def test_the_guard_does_not_judge_where_material_enters_the_view(monkeypatch):
+    """A scale is judged without the pixels whose NCC window reaches a point its start field pulls from
+    outside frame t (no field matches what enters the view; bending the border to fit it is not motion)."""
+    field = torch.zeros(2, 2, 40, 50)
+    mask = torch.ones(2, 1, 40, 50)
+    assert engine._judged_region(field, mask, 3) is mask and engine._judged_region(field, None, 3) is None
+    field[:, 0] = -5.0  # pulls from 5 rows up: rows 0-4 see nothing of frame t, windows of 3 + pad px more
+    field[1, 1] = 1.5  # pair 1 also pulls from 1.5 columns to the right: the last column(s) too
+    part = engine._judged_region(field, mask * (torch.arange(50) < 45).float(), 3)
+    edge = 5 + 3 + engine.JUDGE_PAD
+    assert part.shape == (2, 1, 40, 50)
+    assert bool((part[:, 0, :edge] == 0).all()) and bool((part[0, 0, edge:, :45] == 1).all())
+    assert bool((part[:, 0, :, 45:] == 0).all())  # the mask still counts
+    assert bool((part[1, 0, edge:, : 50 - 2 - 3 - engine.JUDGE_PAD] == 1).all())
+    assert bool((engine._judged_region(field, None, 3)[1, 0, edge:, -2] == 0).all())
+
+    # in a run: the affine stage finds the translation, and every U-Net scale is judged without the band
+    frames, _ = moving_sequence("translation", n=3, size=48)
+    judged = []
+    real_settle = engine._settle_scale
+
+    def spy(new_field, old_field, warped, match, moving, fixed, weight, config, changes=None):
+        judged.append(weight)
+        return real_settle(new_field, old_field, warped, match, moving, fixed, weight, config, changes)
+
+    monkeypatch.setattr(engine, "_settle_scale", spy)
+    register(frames, config=small_config(steps=2, affine=True, guard=True))
+    assert len(judged) == 3 and all(w is not None for w in judged)
+    for w in judged:  # frame t+1 shows frame t moved 1.5 px down and 2 px left: the top rows and right columns enter
+        assert bool((w[:, 0, 0] == 0).all()) and bool((w[:, 0, :, -1] == 0).all())
+        assert bool((w[:, 0, 24, 24] == 1).all()) and bool((w[:, 0, -1, 0] == 1).all())
+    judged.clear()  # off (and in result files made before it): every pixel of the mask, here none given
+    register(frames, config=small_config(steps=2, affine=True, guard=True, guard_in_view=False))
+    assert judged == [None, None, None]
+    saved = RegistrationConfig().to_dict()
+    del saved["guard_in_view"]
+    assert RegistrationConfig().guard_in_view and not RegistrationConfig.from_saved(saved).guard_in_view

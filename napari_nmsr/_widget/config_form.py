@@ -27,7 +27,9 @@ MAIN_FORM_FIELDS = ("variant", "scales", "steps", "device", "weights")
 _TIPS = {
     "lr": "Adam learning rate",
     "smoothness": "Weight of the smoothness term (higher = smoother field): one value, or one per scale",
-    "ncc_radius": "Half-size (px) of the local-NCC window",
+    "ncc_radius": "Half-size (px) of the local-NCC window of the affine stage and of the guard's full-resolution match",
+    "loss_radius": "Half-size (px of each scale's grid) of the local-NCC window in the U-Net's loss: one value, or one "
+                   "per scale (a smaller window follows a fast-turning vortex core)",
     "batch_size": "Frame pairs per step (blank = automatic; halved on out-of-memory)",
     "amp": "Mixed precision (blank = automatic: a GPU's coarse scales only; true = every scale, also on CPU; false = off)",
     "seed": "Random seed (blank = not reproducible)",
@@ -47,6 +49,8 @@ _TIPS = {
     "guard": "Keep a pair's previous field when a scale does not clearly improve its full-resolution match",
     "guard_gain": "Guard: share of a pair's remaining dissimilarity (1 - match) a sub-pixel refinement must remove "
                   "to be kept (0 = any improvement)",
+    "guard_in_view": "Guard: judge a scale without the pixels whose NCC window sees material entering the view "
+                     "(no field matches it; a scale that bends the frame's border to fit it is not motion)",
     "min_scale_px": "Shortest side (px) of a coarse scale's grid: 1/8 and 1/4 of a small box are raised to it",
     "crop": "Register only the mask's box (or the echo sector) plus a margin",
     "crop_training": "Train large scales on random crops (each step's cost no longer grows with the frame)",

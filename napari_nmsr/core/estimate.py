@@ -111,7 +111,8 @@ def estimate_seconds(frames, mask=None, config=None) -> Estimate:
             idx = torch.randperm(n_pairs, generator=gen)[:batch] if batch < n_pairs else slice(None)
             window = engine._crop_window(tuple(data.moving.shape[-2:]), crop, i + 1)
             t0 = time.perf_counter()
-            engine._step(net, opt, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window)
+            engine._step(net, opt, data.moving, data.fixed, data.mask, idx, config, use_amp, device, window,
+                         radius=config.loss_radius_for(k))
             _sync(device)
             step_s = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -52,7 +52,7 @@ from .device import amp_dtype, describe_device, is_out_of_memory, pick_device, r
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
 from .roi import Box, paste_field, region_of_interest
-from .losses import (bending_loss, divcurl_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean,
+from .losses import (bending_loss, box_mean, divcurl_loss, gaussian_smooth, local_cc_map, ncc_loss, pair_masked_mean,
                      smoothness_loss, temporal_loss)
 from .metrics import pair_metrics
 from .result import RegistrationResult
@@ -91,8 +91,9 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 #: GPU job); ``cpu`` is the earlier name of ``default``.
 PRESETS = {
     "default": {"steps": (150, 100, 100, 0), "smoothness": (50.0, 50.0, 100.0, 200.0),
-                "curl_weight": (1.0, 1.0, 0.0, 1.0), "temporal_weight": 0.0},
+                "curl_weight": (1.0, 1.0, 0.0, 1.0), "temporal_weight": 0.0, "loss_radius": (6, 6, 4, 6)},
     "paper": {"steps": (3500, 3500, 3500, 3500), "patience": 0, "regulariser": "diffusion", "smoothness": 10.0,
+              "loss_radius": 6,
               "affine": False, "guard": False, "min_scale_px": MIN_SCALE_SIZE, "refine_steps": 0,
               "consensus_tolerance": 0.0},
 }
@@ -175,7 +176,15 @@ class RegistrationConfig:
     weight is 0 (divergence 100 alone): at 10 it still shrank slow vortices in
     small cores and held a fast one (0.66 rad/frame in a 12 px core) back entirely
     (48 tuning cases: vortex family -20 %, circulation error 14.9 -> 7.9 %;
-    benchmarks/README.md, twenty-eighth session). ``temporal_weight`` (one value or one per scale)
+    benchmarks/README.md, twenty-eighth session). ``loss_radius`` (one value or one per scale, px of the
+    scale's grid) is the half-size of the local-NCC window in the U-Net's loss; ``ncc_radius`` stays the
+    affine stage's and the guard's (at full resolution). The paper uses 6 at every scale. Since the
+    forty-third session the 1/2 scale's is 4: a 13 px window there spans a small vortex core (26 px of the
+    frame), whose speckle turns by 0.5-1 rad between frames, so no shift of the window matches; a 9 px
+    window follows it (nine fast tuning vortices: EPE over the best anchor's, geo-mean 0.59 -> 0.45 at
+    seed 0 and 0.79 -> 0.59 at seed 1; 48 tuning cases: geo-mean +0.4 %, their vortices -5.8 %,
+    circulation error 11.3 -> 8.4 %, real echo +4.5 % from a border fit the guard kept, which
+    ``guard_in_view`` ends; both: geo-mean -2.9 %; benchmarks/README.md). ``temporal_weight`` (one value or one per scale)
     couples consecutive pairs in the U-Net's loss (:func:`~.losses.temporal_loss`, a robust penalty on
     how unevenly the field changes from pair to pair; each step then trains on consecutive pairs). It
     is off by default (0). It is meant for the 1/2 scale, where a slow vortex's shape is decided and one
@@ -209,6 +218,11 @@ class RegistrationConfig:
     session: tuning geo-mean 0.921 -> 0.787 at 0.05). A change of a pixel or
     more that does not clear that bar is judged on frames shrunk until it is
     sub-pixel, and kept unless it matches worse there (:data:`GUARD_MAX_SHIFT`).
+    ``guard_in_view``: the guard judges a scale without the pixels whose NCC window reaches a point
+    that the scale's start field pulls from outside frame t (:func:`_judged_region`): material entering
+    the view matches under no field, and a scale that bends the border to fit it is not motion
+    (forty-third session: 48 tuning cases' real echo -19 %, real PIV +1 %, masked cases whose mask stays
+    clear of the frame's edge unchanged; benchmarks/README.md).
     ``early_checkpoint``: with ``guard``, the finest U-Net scale that trains keeps a copy of its
     network at this share of its steps, and a pair takes the copy's field unless the later steps
     earn their change: by the guard's test against the copy's field, or by changing the pair as
@@ -320,6 +334,7 @@ class RegistrationConfig:
     lr: float = 1e-3
     smoothness: float | tuple[float, ...] = PRESETS["default"]["smoothness"]
     ncc_radius: int = 6
+    loss_radius: int | tuple[int, ...] = PRESETS["default"]["loss_radius"]
     batch_size: int | None = None
     device: str = "auto"
     amp: bool | None = None
@@ -341,6 +356,7 @@ class RegistrationConfig:
     decoder: tuple[int, ...] = (32, 32, 32, 16)
     guard: bool = True
     guard_gain: float = 0.05
+    guard_in_view: bool = True
     min_scale_px: int = 32
     refine_steps: int = 100
     refine_grid: float = 0.125
@@ -385,6 +401,9 @@ class RegistrationConfig:
         self.curl_weight = _weights_per_scale("curl_weight", self.curl_weight)
         self.temporal_weight = _weights_per_scale("temporal_weight", self.temporal_weight)
         self.steps = _one_or_several(self.steps, int)
+        self.loss_radius = _one_or_several(self.loss_radius, int)
+        if min(self.loss_radius if isinstance(self.loss_radius, tuple) else (self.loss_radius,), default=0) < 1:
+            raise ValueError(f"loss_radius must be one value or one per scale, each >= 1 px, got {self.loss_radius}")
         if min(self.steps if isinstance(self.steps, tuple) else (self.steps,), default=-1) < 0:
             raise ValueError(f"steps must be one value or one per scale, each >= 0 (0 skips a scale's U-Net), "
                              f"got {self.steps}")
@@ -393,7 +412,7 @@ class RegistrationConfig:
         if int(self.min_scale_px) < MIN_SCALE_SIZE:
             raise ValueError(f"min_scale_px must be at least {MIN_SCALE_SIZE}, got {self.min_scale_px}")
         self.min_scale_px = int(self.min_scale_px)
-        for name in ("affine", "crop", "crop_training", "guard", "guard_coherent"):  # "false" would be truthy
+        for name in ("affine", "crop", "crop_training", "guard", "guard_coherent", "guard_in_view"):  # "false" would be truthy
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -467,6 +486,11 @@ class RegistrationConfig:
         """Regulariser weight for scale ``index`` of ``effective_scales`` (one value, or one per scale)."""
         return self._per_scale(self.smoothness, index)
 
+    def loss_radius_for(self, index: int) -> int:
+        """Half-size (px of the scale's grid) of the local-NCC window in the U-Net's loss at scale ``index``
+        (one value, or one per scale)."""
+        return int(self._per_scale(self.loss_radius, index))
+
     def curl_weight_for(self, index: int) -> float:
         """Share of the bending weight the rotational part of the field's curvature gets at scale
         ``index`` (one value, or one per scale; 1: the bending energy itself)."""
@@ -500,7 +524,9 @@ class RegistrationConfig:
         (before the thirty-fourth), one without ``extend_steps`` with no scale ever trained past its steps
         (before the thirty-fifth), one without ``consensus_denoise`` with the consensus judging unblurred
         frames (before the thirty-seventh), one without ``extend_after_rejects`` with only the last U-Net
-        scale ever trained on (before the thirty-ninth)."""
+        scale ever trained on (before the thirty-ninth), one without ``loss_radius`` with the U-Net's loss
+        window ``ncc_radius`` at every scale, and one without ``guard_in_view`` with the guard judging every pixel
+        of the mask (both before the forty-third)."""
         values = dict(saved)
         values.setdefault("curl_weight", 1.0)
         values.setdefault("consensus_tolerance", 0.0)
@@ -516,6 +542,8 @@ class RegistrationConfig:
         values.setdefault("extend_steps", 0)
         values.setdefault("consensus_denoise", False)
         values.setdefault("extend_after_rejects", False)
+        values.setdefault("loss_radius", values.get("ncc_radius", 6))
+        values.setdefault("guard_in_view", False)
         return cls(**values)
 
 
@@ -731,6 +759,7 @@ def register_iter(
         warped_full = _chunked(warp, moving_full, field_full)
         match = _match(warped_full, fixed_full, mask_full, config.ncc_radius) if config.guard else None
     worse = deforming = None
+    judged_on_mask = True  # ``match`` is over the mask (else over a scale's judged region, :func:`_judged_region`)
     rejected = None  # the pairs whose field the last U-Net scale that ran did not improve (its guard)
     notes: list[str] = []  # what the engine decided beyond the plan, reported with the scale (ScaleDone.notes)
     for k, s in enumerate(scales):
@@ -759,6 +788,12 @@ def register_iter(
             restart = rejected is not None and bool(rejected.any())
             net = _network_for_scale(k, s, net, config, init_states, restart=restart).to(device)
             out, stored = scale_out()  # on a CPU, stored is the scale's field as the result keeps it
+            judge = mask_full
+            if config.guard and config.guard_in_view:  # the pixels the guard judges this scale on, and the match so far on them
+                judge = _judged_region(field_full, mask_full, config.ncc_radius)
+                if judge is not mask_full or not judged_on_mask:
+                    match = _match(warped_full, fixed_full, judge, config.ncc_radius)
+                judged_on_mask = judge is mask_full
 
             def progress(step_done, value, n_steps=n_steps):
                 # Steps past the scale's own (:func:`_train_scale` extends the last U-Net scale) count on from
@@ -773,7 +808,7 @@ def register_iter(
             first = yield from _train_scale(k, net, restart, field_full, warped_full, match, moving_full, fixed_full,
                                             mask_full, config, device, state, cancel, progress,
                                             out=stored if stored is not None and stored.dtype == torch.float32 else None,
-                                            notes=notes)
+                                            notes=notes, judge=judge)
             new_field, warped_full, match, worse, changes = first.field, first.warped, first.match, first.worse, \
                 first.changes
             step, loss_value = first.step, first.loss
@@ -782,12 +817,12 @@ def register_iter(
                 coherent = _coherent_changes(changes, config) if changes else None
                 if coherent is not None and config.guard_coherent and bool((coherent & worse).any()):
                     worse = worse & ~_keep_coherent_part(new_field, warped_full, match, moving_full, fixed_full,
-                                                         mask_full, changes, coherent & worse, config)
+                                                         judge, changes, coherent & worse, config)
                 moved = ~worse if coherent is None else ~worse | coherent
                 deforming = moved if deforming is None else deforming | moved
             rejected = worse
             field_full = new_field
-            del new_field
+            del new_field, judge
             release_host_memory()
         blur = 0.0  # the refinement's blur of its frames, which the consensus judges with (consensus_denoise)
         if k == len(scales) - 1 and config.refine_steps > 0:  # the last stage, reported as the finest scale's
@@ -844,7 +879,7 @@ class _Attempt:
 
 
 def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, config, device, state, cancel, progress,
-                 out=None, notes: list | None = None):
+                 out=None, notes: list | None = None, judge=None):
     """Train ``net`` at scale ``k`` on frame t warped by ``field`` (``warped``, overwritten with the
     new warp), compose its residual on ``field`` (into ``out`` when given), and settle it
     (:func:`_settle_scale`). Yields ``progress(step, loss)`` per step; returns an :class:`_Attempt`.
@@ -854,10 +889,13 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     (:func:`_wants_more_steps`), the same network trains ``extend_steps`` more, and its field
     replaces the first only on a clear gain in the match (``extend_margin``) by a change that turns
     the pairs alike (:func:`_turns_alike`): a fast vortex is caught at the 1/2 scale in 100 steps
-    from one start and only later from another. What the extension did is appended to ``notes``.
+    from one start and only later from another. What the extension did is appended to ``notes``. The
+    network trains on ``mask``; the guard and the extension judge on ``judge`` (None: ``mask``;
+    :func:`_judged_region`), over which ``match`` is.
     """
     scales = config.effective_scales
     n_steps = config.steps_for(k)
+    judge = mask if judge is None else judge
     # (Longer training must show the sequence's motion, which one pair cannot: :func:`_turns_alike`.)
     more = config.extend_steps if extends(config, k, field.shape[0], restart) else 0  # (with the guard: ``match`` is known)
     data = ScaleData.prepare(warped, fixed, mask, scales[k], config.min_scale_px)
@@ -873,9 +911,9 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
         new_field = compose_resized(field, lambda pairs: data.residual(net, batch, config.field_sigma, amp, pairs),
                                     out=into, chunk=_inference_pairs(tuple(data.moving.shape[-2:]), device))
         if early_net is not None and step > checkpoint_at:
-            _prefer_checkpoint(new_field, field, early_net, data, batch, amp, moving, fixed, mask, config)
+            _prefer_checkpoint(new_field, field, early_net, data, batch, amp, moving, fixed, judge, config)
         found = None if changes is None else []
-        new_warped, new_match, worse = _settle_scale(new_field, field, warp_into, match, moving, fixed, mask, config,
+        new_warped, new_match, worse = _settle_scale(new_field, field, warp_into, match, moving, fixed, judge, config,
                                                      found)
         return _Attempt(new_field, new_warped, new_match, worse, found, step, loss_value)
 
@@ -884,7 +922,8 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
     for step, loss_value in optimise_scale(net, [data], n_steps, config, device, state, cancel, amp=amp,
                                            warmup=warmup, smoothness=config.smoothness_for(k),
                                            curl_weight=config.curl_weight_for(k),
-                                           temporal_weight=config.temporal_weight_for(k), optimiser=optimiser):
+                                           temporal_weight=config.temporal_weight_for(k), optimiser=optimiser,
+                                           radius=config.loss_radius_for(k)):
         if step == checkpoint_at:
             early_net = copy.deepcopy(net)
         yield progress(step, loss_value)
@@ -905,7 +944,7 @@ def _train_scale(k, net, restart, field, warped, match, moving, fixed, mask, con
         if attempt:
             net.load_state_dict(weights)  # in place: the scale's Adam still holds these parameters
             said += "; again from there with the optimiser of its own steps"
-        longer, text, ran = yield from _extend(net, data, first, field, moving, mask, more, own, step, config,
+        longer, text, ran = yield from _extend(net, data, first, field, moving, judge, more, own, step, config,
                                                device, state, cancel, amp, k, progress, settle)
         said, step = f"{said} {text}", step + ran
         if longer is not None:
@@ -930,7 +969,8 @@ def _extend(net, data, first, field, moving, mask, more, optimiser, step, config
     for extra_step, loss_value in optimise_scale(net, [data], more, config, device, state, cancel, amp=amp,
                                                  warmup=more, smoothness=config.smoothness_for(k),
                                                  curl_weight=config.curl_weight_for(k),
-                                                 temporal_weight=config.temporal_weight_for(k), optimiser=optimiser):
+                                                 temporal_weight=config.temporal_weight_for(k), optimiser=optimiser,
+                                                 radius=config.loss_radius_for(k)):
         yield progress(step + extra_step, loss_value)
         if extra_step % EXTEND_CHECK_EVERY == 0 and extra_step < more:
             now = data.residual(net, batch_for(data, config, device, state), config.field_sigma, amp)
@@ -1215,7 +1255,8 @@ def compose_resized(previous: torch.Tensor, residual_of: Callable[[slice], torch
 
 def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp: torch.dtype | None = None,
                    warmup: int | None = None, smoothness: float | None = None, curl_weight: float | None = None,
-                   temporal_weight: float = 0.0, optimiser: torch.optim.Optimizer | None = None):
+                   temporal_weight: float = 0.0, optimiser: torch.optim.Optimizer | None = None,
+                   radius: int | None = None):
     """Adam on the pairs of ``datas`` (one or more sequences, visited in turn), the U-Net
     under autocast to ``amp`` (None: float32; see :func:`amp_for`). With ``temporal_weight``
     each step's pairs are consecutive (a run of them when not all fit), so the loss can couple them.
@@ -1223,6 +1264,7 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
     Yields (step, loss). On out-of-memory the batch is halved (for this and
     later scales, through ``state["divisor"]``); DeviceMemoryError when even
     one pair does not fit. ``optimiser``: an Adam over ``net`` to go on with (its moments kept), else a new one.
+    ``smoothness``, ``curl_weight``, ``radius`` (the loss's NCC window): the scale's (None: scale 0's).
     """
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr) if optimiser is None else optimiser
     warmup = n_steps // 4 if warmup is None else warmup
@@ -1241,7 +1283,8 @@ def optimise_scale(net, datas, n_steps, config, device, state, cancel=None, amp:
         window = _crop_window(tuple(data.moving.shape[-2:]), crop, step + 1)
         try:
             loss = _step(net, optimiser, data.moving, data.fixed, data.mask, idx, config, amp, device, window,
-                         smoothness=smoothness, curl_weight=curl_weight, temporal_weight=temporal_weight)
+                         smoothness=smoothness, curl_weight=curl_weight, temporal_weight=temporal_weight,
+                         radius=radius)
         except Exception as exc:  # out-of-memory: halve the batch and go on
             if not is_out_of_memory(exc):
                 raise
@@ -1319,7 +1362,8 @@ def regularisation(field: torch.Tensor, regulariser: str, curl_weight: float = 1
 
 
 def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, window=(slice(None), slice(None)),
-          smoothness: float | None = None, curl_weight: float | None = None, temporal_weight: float = 0.0) -> torch.Tensor:
+          smoothness: float | None = None, curl_weight: float | None = None, temporal_weight: float = 0.0,
+          radius: int | None = None) -> torch.Tensor:
     wy, wx = window
     mv, fx = moving[idx][..., wy, wx], fixed[idx][..., wy, wx]
     mk = None if mask is None else mask[idx][..., wy, wx]
@@ -1329,7 +1373,8 @@ def _step(net, optimiser, moving, fixed, mask, idx, config, use_amp, device, win
     field = gaussian_smooth(field.float(), config.field_sigma)  # NCC sums and warping stay in float32
     smoothness = config.smoothness_for(0) if smoothness is None else smoothness
     curl_weight = config.curl_weight_for(0) if curl_weight is None else curl_weight
-    loss = ncc_loss(warp(mv, field), fx, config.ncc_radius, mk) + smoothness * regularisation(field, config.regulariser, curl_weight)
+    radius = config.loss_radius_for(0) if radius is None else radius
+    loss = ncc_loss(warp(mv, field), fx, radius, mk) + smoothness * regularisation(field, config.regulariser, curl_weight)
     if temporal_weight > 0:  # idx is a run of consecutive pairs (_batch_indices); fewer than 3 add nothing
         loss = loss + temporal_weight * temporal_loss(field, mk)
     if not torch.isfinite(loss):
@@ -1639,6 +1684,37 @@ def _mean_shift(a, b, mask, pairs: torch.Tensor, chunk: int = 2) -> torch.Tensor
         d = a[p] - b[p]  # hypot: Tensor.norm(dim=1) over the 2 components was 15x slower on a CPU
         out.append(pair_masked_mean(torch.hypot(d[:, :1], d[:, 1:]), None if mask is None else mask[p]))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def _judged_region(field, mask, radius: int, chunk: int = 2):
+    """The pixels the guard judges a scale on: ``mask``'s (None: every pixel), less those whose NCC window
+    (``radius`` + :data:`JUDGE_PAD`) reaches a point that ``field`` pulls from outside frame t. Returned as
+    ``mask`` itself (the same object) when no window does, else as a (N, 1, H, W) float weight.
+
+    Material that enters the view has no match in frame t under any field; a scale that bends the
+    border to fit it raises the match there while the motion inside is unchanged. On a rigid real-echo
+    warp of 6.4 px a frame the 1/2 scale's change was 0.5 px in a 12 px border band and 0.008 px inside,
+    its match gain all in the band, and the guard kept it (tuning case real echo 5: 0.026 -> 0.051 px;
+    forty-third session, benchmarks/README.md).
+    """
+    n, _, h, w = field.shape
+    ys = torch.arange(h, dtype=torch.float32, device=field.device)[:, None]
+    xs = torch.arange(w, dtype=torch.float32, device=field.device)[None, :]
+    parts, outside = [], False
+    for i in range(0, n, chunk):
+        f = field[i : i + chunk].float()
+        sy, sx = f[:, :1] + ys, f[:, 1:] + xs
+        inside = ((sy >= 0) & (sy <= h - 1) & (sx >= 0) & (sx <= w - 1)).float()
+        part = (box_mean(inside, radius + JUDGE_PAD) > 1.0 - 1e-4).float()
+        outside = outside or not bool(part.all())
+        parts.append(part if mask is None else part * mask[i : i + chunk])
+    return torch.cat(parts) if outside else mask
+
+
+#: Pixels beyond the NCC window's half-size that :func:`_judged_region` keeps clear of points pulled from
+#: outside frame t (a scale's change moves them a little further).
+JUDGE_PAD = 2
 
 
 @torch.no_grad()

@@ -68,7 +68,8 @@ def train(
         with torch.no_grad():
             datas = [ScaleData.prepare(warp(t[:-1], f), t[1:], None, s, config.min_scale_px) for t, f in zip(tensors, fields)]
         amp = amp_for(config, device, finest=k == len(scales) - 1)
-        for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel, amp=amp):
+        for step, loss in optimise_scale(net, datas, n_steps, config, device, state, cancel, amp=amp,
+                                          radius=config.loss_radius_for(k)):
             if progress is not None:
                 progress(Progress(k, len(scales), s, step, n_steps, loss))
         states.append(_weights_of(net))

@@ -53,6 +53,9 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     # the coupling of consecutive pairs in the U-Net's loss: off by default, one value or one per scale
     assert "consecutive" in form["temporal_weight"].tooltip
     _check_per_scale_text(widget, "temporal_weight", "0", "0, 0, 100, 0", 2, 100.0)
+    # the U-Net loss's NCC window, one per scale (the 1/2 scale's narrower); the guard's stays ncc_radius
+    assert "vortex" in form["loss_radius"].tooltip and "guard" in form["ncc_radius"].tooltip
+    _check_per_scale_text(widget, "loss_radius", "6,6,4,6", "6, 5, 3, 6", 2, 3)
     form["batch_size"].value = "two"
     with pytest.raises(ValueError, match="batch size"):
         widget.registration.config()
@@ -117,6 +120,11 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     form["extend_after_rejects"].value = False
     assert widget.registration.config().extend_after_rejects is False
     form["extend_after_rejects"].value = True
+    # the guard leaves out what enters the view: a check box, on by default
+    assert form["guard_in_view"].value is True and "entering" in form["guard_in_view"].tooltip
+    form["guard_in_view"].value = False
+    assert widget.registration.config().guard_in_view is False
+    form["guard_in_view"].value = True
     # the paper preset runs every step (no early stopping) with the paper's loss; the default preset
     # returns to the engine's patience, regulariser and affine stage
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("paper"))
@@ -124,12 +132,14 @@ def test_form_has_every_other_config_field_and_feeds_the_config(make_napari_view
     assert paper.patience == 0 and paper.regulariser == "diffusion" and paper.smoothness == 10.0 and not paper.affine
     assert paper.min_scale_px == 12 and form["min_scale_px"].value == 12  # the paper's plain pyramid
     assert paper.consensus_tolerance == 0.0 and form["consensus_tolerance"].value == 0.0
+    assert paper.loss_radius == 6 and form["loss_radius"].value.strip() == "6"  # the paper's window at every scale
     widget.registration.preset.setCurrentIndex(widget.registration.preset.findData("default"))
     back = widget.registration.config()
     assert back.patience == defaults.patience and back.regulariser == defaults.regulariser
     assert back.affine == defaults.affine and back.curl_weight == defaults.curl_weight
     assert back.min_scale_px == defaults.min_scale_px == 32
     assert back.consensus_tolerance == defaults.consensus_tolerance  # the default preset runs it again
+    assert back.loss_radius == defaults.loss_radius == (6, 6, 4, 6)
     form["min_scale_px"].value = 48
     assert widget.registration.config().min_scale_px == 48
     assert form["min_scale_px"].min == 12  # the config refuses less
