@@ -184,7 +184,7 @@ class RegistrationConfig:
     window follows it (nine fast tuning vortices: EPE over the best anchor's, geo-mean 0.59 -> 0.45 at
     seed 0 and 0.79 -> 0.59 at seed 1; 48 tuning cases: geo-mean +0.4 %, their vortices -5.8 %,
     circulation error 11.3 -> 8.4 %, real echo +4.5 % from a border fit the guard kept, which
-    ``guard_in_view`` ends; both: geo-mean -2.9 %; benchmarks/README.md). ``temporal_weight`` (one value or one per scale)
+    ``guard_in_view`` ends; both: geo-mean -2.8 %; benchmarks/README.md). ``temporal_weight`` (one value or one per scale)
     couples consecutive pairs in the U-Net's loss (:func:`~.losses.temporal_loss`, a robust penalty on
     how unevenly the field changes from pair to pair; each step then trains on consecutive pairs). It
     is off by default (0). It is meant for the 1/2 scale, where a slow vortex's shape is decided and one
@@ -221,7 +221,7 @@ class RegistrationConfig:
     ``guard_in_view``: the guard judges a scale without the pixels whose NCC window reaches a point
     that the scale's start field pulls from outside frame t (:func:`_judged_region`): material entering
     the view matches under no field, and a scale that bends the border to fit it is not motion
-    (forty-third session: 48 tuning cases' real echo -19 %, real PIV +1 %, masked cases whose mask stays
+    (forty-third session: 48 tuning cases' real echo -19 %, real PIV +2 %, masked cases whose mask stays
     clear of the frame's edge unchanged; benchmarks/README.md).
     ``early_checkpoint``: with ``guard``, the finest U-Net scale that trains keeps a copy of its
     network at this share of its steps, and a pair takes the copy's field unless the later steps
