@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .consensus import ConsensusSettings, temporal_consensus
-from .convention import compose, resize_field, resize_image, warp
+from .convention import compose, pixel_grid, resize_field, resize_image, warp
 from .device import amp_dtype, describe_device, is_out_of_memory, pick_device, release_host_memory
 from .errors import DeviceMemoryError, MaskError, SequenceError
 from .global_motion import affine_fields
@@ -1699,12 +1699,11 @@ def _judged_region(field, mask, radius: int, chunk: int = 2):
     forty-third session, benchmarks/README.md).
     """
     n, _, h, w = field.shape
-    ys = torch.arange(h, dtype=torch.float32, device=field.device)[:, None]
-    xs = torch.arange(w, dtype=torch.float32, device=field.device)[None, :]
+    grid = pixel_grid(h, w, device=field.device)
     parts, outside = [], False
     for i in range(0, n, chunk):
-        f = field[i : i + chunk].float()
-        sy, sx = f[:, :1] + ys, f[:, 1:] + xs
+        source = field[i : i + chunk].float() + grid  # where each pixel pulls from in frame t
+        sy, sx = source[:, :1], source[:, 1:]
         inside = ((sy >= 0) & (sy <= h - 1) & (sx >= 0) & (sx <= w - 1)).float()
         part = (box_mean(inside, radius + JUDGE_PAD) > 1.0 - 1e-4).float()
         outside = outside or not bool(part.all())
